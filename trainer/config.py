@@ -1,0 +1,262 @@
+"""One validated config object per run: every knob of spec/algorithm.md, the same object in CLI, REST and dashboard."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+LossName = Literal["dppo", "clip", "none"]
+SamplerName = Literal["flow_sde", "cps"]
+ModelFamily = Literal["builtin", "sd3", "flux"]
+
+# Spec §2/§6: the noise level defaults depend on the sampler; spec §4: the advantage clip depends on the loss.
+DEFAULT_NOISE_LEVEL = {"flow_sde": 0.7, "cps": 0.8}
+DEFAULT_ADVANTAGE_CLIP = {"dppo": None, "clip": 5.0, "none": None}
+
+
+class RewardSpec(BaseModel):
+    """One reward term. Weight 0 means computed and logged but not trained on (a reward-hacking monitor)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Registered reward name, e.g. 'shapes', 'jpeg_compressibility', 'pickscore'.")
+    weight: float = Field(1.0, ge=0.0, description="Weight in the aggregate (spec §5). 0 = monitor only.")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Reward-specific options, e.g. {'path': '/models/pickscore'} or {'url': ...}."
+    )
+
+
+class TrainConfig(BaseModel):
+    """Every knob of a training run (spec/algorithm.md). Unknown keys and out-of-range values are refused."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # --- run ---
+    seed: int = Field(0, ge=0, description="Seeds the SDE-window draws, the initial noise and the minibatch shuffles.")
+    steps: int = Field(100, ge=1, le=1_000_000, description="Number of RL iterations (rollout + update).")
+
+    # --- model ---
+    model: ModelFamily = Field("builtin", description="Model family: the built-in tiny model, SD3/SD3.5 or FLUX.1.")
+    model_path: str | None = Field(
+        None, description="Local directory (or hub id when online) of the base model; builtin: None = shipped base."
+    )
+    resolution: int = Field(32, ge=16, le=2048, description="Image side in pixels (builtin: 32).")
+    lora_rank: int = Field(0, ge=0, le=1024, description="LoRA rank; 0 = full fine-tuning (spec §6: 32 for SD3).")
+    lora_alpha: float = Field(64.0, gt=0, description="LoRA alpha (spec §6: 64 for SD3-class models).")
+    lora_target_modules: list[str] | None = Field(None, description="LoRA target modules; None = the family default.")
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field(
+        "no", description="Model weights/activations dtype; transition math stays float32 (spec §2)."
+    )
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory on large transformers.")
+
+    # --- prompts ---
+    train_prompts: str = Field("shapes:train", description="Prompt set: 'shapes:train' or 'file:/path/prompts.txt'.")
+    eval_prompts: str = Field("shapes:heldout", description="Held-out prompt set for evaluation.")
+
+    # --- sampling (spec §1-2) ---
+    sampler: SamplerName = Field("flow_sde", description="Per-step Gaussian policy: flow_sde (Flow-GRPO) or cps.")
+    noise_level: float | None = Field(
+        None, gt=0.0, le=2.0, description="Noise level a; None = 0.7 for flow_sde, 0.8 for cps (spec §6)."
+    )
+    num_steps: int = Field(10, ge=2, le=1000, description="Sampling steps during training rollouts (spec §6: 10).")
+    shift: float = Field(3.0, gt=0.0, description="Timestep shift of the flow-matching schedule (SD3: 3).")
+    sde_steps: int | Literal["all"] = Field(3, description="Stochastic (trained) steps per rollout, or 'all' (spec §1).")
+    sde_window: tuple[float, float] = Field(
+        (0.0, 0.5), description="Fraction [start, end) of the schedule the SDE steps are drawn from (spec §1)."
+    )
+    guidance_scale: float = Field(1.0, ge=1.0, le=30.0, description="CFG during training rollouts (spec §6: 1.0).")
+    shared_initial_noise: bool = Field(False, description="One initial noise per group instead of per sample (§5).")
+    logprob_reduction: Literal["mean", "sum"] = Field("mean", description="Reduction of log-prob and KL (spec §2-3).")
+
+    # --- rollout and rewards (spec §5) ---
+    prompts_per_step: int = Field(16, ge=1, le=4096, description="P: distinct prompts per rollout.")
+    group_size: int = Field(8, ge=2, le=512, description="G: samples per prompt.")
+    rewards: list[RewardSpec] = Field(
+        default_factory=lambda: [RewardSpec(name="shapes")], min_length=1, description="Reward terms and weights."
+    )
+    reward_aggregation: Literal["sum", "gdpo"] | None = Field(
+        None, description="Multi-reward aggregation; None = gdpo when several rewards are trained on, else sum."
+    )
+    advantage_std: Literal["global", "group"] = Field("global", description="Std used to standardise (spec §5).")
+    advantage_clip: float | Literal["auto"] | None = Field(
+        "auto", description="Clip advantages to [-c, c]; 'auto' = off for dppo/none, 5 for clip (spec §4)."
+    )
+
+    # --- loss (spec §3-4) ---
+    loss: LossName = Field("dppo", description="dppo (divergence mask), clip (Flow-GRPO ratio clip) or none.")
+    delta: float = Field(1e-5, gt=0.0, description="dppo KL threshold delta (spec §4: 1e-5 with mean reduction).")
+    clip_range: float = Field(1e-4, gt=0.0, lt=1.0, description="clip epsilon (spec §4: 1e-4 with mean reduction).")
+    beta: float = Field(0.0, ge=0.0, description="Weight of KL(pi_theta || pi_ref) to the frozen base (spec §4).")
+
+    # --- optimisation (spec §6) ---
+    learning_rate: float = Field(3e-4, gt=0.0, le=1.0, description="AdamW learning rate (spec §6: 3e-4).")
+    adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    weight_decay: float = Field(1e-4, ge=0.0, description="AdamW weight decay.")
+    adam_eps: float = Field(1e-8, gt=0.0, description="AdamW epsilon.")
+    inner_epochs: int = Field(1, ge=1, le=64, description="I: passes over each rollout (spec §6).")
+    num_minibatches: int = Field(2, ge=1, le=1024, description="M: optimizer steps per inner epoch (spec §6).")
+    micro_batch_size: int | None = Field(
+        None, ge=1, description="Samples per forward/backward chunk (gradient accumulation); None = whole minibatch."
+    )
+    max_grad_norm: float = Field(1.0, gt=0.0, description="Gradient norm clip (spec §6: 1.0).")
+    ema_decay: float | None = Field(None, gt=0.0, lt=1.0, description="EMA of trainable weights for evaluation.")
+
+    # --- evaluation, samples, checkpoints ---
+    eval_every: int = Field(10, ge=0, description="Evaluate on held-out prompts every N steps (0 = never).")
+    eval_num_prompts: int = Field(32, ge=1, le=10_000, description="Held-out prompts per evaluation.")
+    eval_num_steps: int = Field(40, ge=2, le=1000, description="ODE steps at evaluation (spec §6: 40).")
+    eval_guidance_scale: float = Field(1.0, ge=1.0, le=30.0, description="CFG at evaluation (SD3.5: 4.5).")
+    sample_every: int = Field(10, ge=0, description="Log sample images every N steps (0 = never).")
+    num_logged_samples: int = Field(8, ge=0, le=256, description="Images logged each time (fixed prompts and seeds).")
+    checkpoint_every: int = Field(10, ge=0, description="Write a resumable checkpoint every N steps (0 = end only).")
+
+    @property
+    def effective_noise_level(self) -> float:
+        return self.noise_level if self.noise_level is not None else DEFAULT_NOISE_LEVEL[self.sampler]
+
+    @property
+    def effective_advantage_clip(self) -> float | None:
+        if self.advantage_clip == "auto":
+            return DEFAULT_ADVANTAGE_CLIP[self.loss]
+        return self.advantage_clip
+
+    @property
+    def trained_rewards(self) -> list[RewardSpec]:
+        return [r for r in self.rewards if r.weight > 0]
+
+    @property
+    def effective_reward_aggregation(self) -> Literal["sum", "gdpo"]:
+        if self.reward_aggregation is not None:
+            return self.reward_aggregation
+        return "gdpo" if len(self.trained_rewards) > 1 else "sum"
+
+    @property
+    def rollout_batch_size(self) -> int:
+        return self.prompts_per_step * self.group_size
+
+    @property
+    def minibatch_size(self) -> int:
+        return self.rollout_batch_size // self.num_minibatches
+
+    @property
+    def num_sde_steps(self) -> int:
+        return self.num_steps if self.sde_steps == "all" else self.sde_steps
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> TrainConfig:
+        lo, hi = self.sde_window
+        if not 0.0 <= lo < hi <= 1.0:
+            raise ValueError(f"sde_window must satisfy 0 <= start < end <= 1, got {self.sde_window}")
+        if self.sde_steps != "all":
+            window = _window_size(self.num_steps, self.sde_window)
+            if not 1 <= self.sde_steps <= window:
+                raise ValueError(
+                    f"sde_steps={self.sde_steps} must be between 1 and the {window} steps of sde_window="
+                    f"{self.sde_window} at num_steps={self.num_steps}"
+                )
+        if self.rollout_batch_size % self.num_minibatches:
+            raise ValueError(
+                f"num_minibatches={self.num_minibatches} must divide prompts_per_step*group_size="
+                f"{self.rollout_batch_size}"
+            )
+        if self.micro_batch_size is not None and self.minibatch_size % self.micro_batch_size:
+            raise ValueError(
+                f"micro_batch_size={self.micro_batch_size} must divide the minibatch size {self.minibatch_size}"
+            )
+        if isinstance(self.advantage_clip, float) and self.advantage_clip <= 0:
+            raise ValueError(f"advantage_clip must be > 0, 'auto' or null, got {self.advantage_clip}")
+        if not self.trained_rewards:
+            raise ValueError("rewards: at least one reward must have weight > 0")
+        names = [r.name for r in self.rewards]
+        if len(set(names)) != len(names):
+            raise ValueError(f"rewards: each reward name may appear once, got {names}")
+        if self.model != "builtin" and not self.model_path:
+            raise ValueError(f"model_path is required for model={self.model!r} (a local directory with the weights)")
+        if not all(0.0 < b < 1.0 for b in self.adam_betas):
+            raise ValueError(f"adam_betas must lie in (0, 1), got {self.adam_betas}")
+        return self
+
+    # --- serialisation ---
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> TrainConfig:
+        """Load a JSON or YAML file."""
+        text = Path(path).read_text()
+        data = yaml.safe_load(text) if str(path).endswith((".yaml", ".yml")) else json.loads(text)
+        return cls.model_validate(data)
+
+    def with_overrides(self, overrides: dict[str, Any]) -> TrainConfig:
+        """A new config with dotted-key overrides applied, e.g. {"loss": "clip", "rewards.0.weight": 0.5}."""
+        data = self.model_dump(mode="json")
+        for key, value in overrides.items():
+            _set_dotted(data, key, value)
+        return type(self).model_validate(data)
+
+
+class EvalConfig(BaseModel):
+    """An evaluation job: a checkpoint (or the base model) on fixed prompts with fixed seeds, ODE sampler."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    train: TrainConfig = Field(description="The run's training config (model, LoRA layout, rewards).")
+    prompts: str | None = Field(None, description="Prompt set; None = the run's eval_prompts.")
+    num_prompts: int = Field(32, ge=1, le=10_000, description="Prompts taken from the set, in order.")
+    samples_per_prompt: int = Field(1, ge=1, le=64, description="Seeds per prompt: seed, seed+1, ...")
+    seed: int = Field(0, ge=0, description="First seed of the fixed evaluation noise.")
+    num_steps: int = Field(40, ge=2, le=1000, description="ODE steps (spec §6: 40).")
+    guidance_scale: float = Field(1.0, ge=1.0, le=30.0, description="CFG scale (SD3.5: 4.5).")
+    batch_size: int = Field(32, ge=1, le=1024, description="Images per forward pass.")
+    use_ema: bool = Field(True, description="Use the EMA weights when the checkpoint has them.")
+
+    @property
+    def prompt_set(self) -> str:
+        return self.prompts or self.train.eval_prompts
+
+
+def _window_size(num_steps: int, window: tuple[float, float]) -> int:
+    lo, hi = window
+    return len(range(int(lo * num_steps), int(hi * num_steps + 0.5)))
+
+
+def sde_window_range(config: TrainConfig) -> range:
+    """Step indices the SDE steps are drawn from (spec §1: by default the first half of the schedule)."""
+    lo, hi = config.sde_window
+    return range(int(lo * config.num_steps), int(hi * config.num_steps + 0.5))
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node: Any = data
+    for part in parts[:-1]:
+        node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+    last = parts[-1]
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """Parse CLI `key=value` pairs; values are YAML scalars/lists (so `true`, `1e-4`, `[0.0, 0.5]` work)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ValueError(f"--set expects key=value, got {pair!r}")
+        key, raw = pair.split("=", 1)
+        out[key.strip()] = yaml.safe_load(raw)
+    return out
+
+
+def format_validation_error(err: ValidationError) -> str:
+    """One line per problem, naming the field: 'loss: Input should be 'dppo', 'clip' or 'none' (got 'ppo')'."""
+    lines = []
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "config"
+        lines.append(f"{field}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)

@@ -1,0 +1,90 @@
+"""The one interface every model family implements (builtin, SD3, FLUX): what sampling and training need."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+from torch import nn
+
+PromptEmbeds = dict[str, torch.Tensor]  # batch-first tensors; select rows with `select_embeds`
+
+
+def select_embeds(embeds: PromptEmbeds, index: torch.Tensor | slice) -> PromptEmbeds:
+    """Rows `index` of every batch-first tensor."""
+    return {k: v[index] for k, v in embeds.items()}
+
+
+def cat_embeds(parts: list[PromptEmbeds]) -> PromptEmbeds:
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+class FlowModel(ABC):
+    """A text-conditioned rectified-flow model: x_s = (1-s)·x0 + s·eps, predicts v = eps - x0 (spec §1).
+
+    Subclasses hold the network, its prompt encoder and its decoder; the trainer only sees this interface.
+    """
+
+    family: str
+    device: torch.device
+    dtype: torch.dtype  # compute dtype of the network (bf16/fp16 on GPU); transition math is float32 regardless
+    scheduler: FlowMatchEulerDiscreteScheduler
+
+    @property
+    @abstractmethod
+    def sample_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one latent."""
+
+    @abstractmethod
+    def encode_prompts(self, prompts: list[str]) -> PromptEmbeds:
+        """Text embeddings, batch-first; computed once per distinct prompt and cached for the run."""
+
+    @abstractmethod
+    def velocity(
+        self, latents: torch.Tensor, sigma: torch.Tensor, embeds: PromptEmbeds, guidance_scale: float = 1.0
+    ) -> torch.Tensor:
+        """v_theta(x, s, prompt) in float32. latents (B, C, H, W); sigma (B,) in [0, 1]."""
+
+    @abstractmethod
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H', W') float32 in [0, 1]."""
+
+    @abstractmethod
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The parameters the optimizer updates (LoRA adapters, or all weights for full fine-tuning)."""
+
+    @abstractmethod
+    def reference(self) -> AbstractContextManager[None]:
+        """Inside this context `velocity` is the frozen base policy pi_ref (LoRA: the adapter disabled)."""
+
+    @abstractmethod
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """The trainable weights, detached, for safetensors checkpoints."""
+
+    @abstractmethod
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
+
+    @abstractmethod
+    def train(self, mode: bool = True) -> FlowModel: ...
+
+    def eval(self) -> FlowModel:
+        return self.train(False)
+
+    def scheduler_kwargs(self) -> dict[str, Any]:
+        """Extra `set_timesteps` arguments (FLUX: `mu` for resolution-dependent shifting)."""
+        return {}
+
+    def sigmas(self, num_steps: int) -> torch.Tensor:
+        """The schedule [1 = s_0 > s_1 > ... > s_T = 0] from diffusers' scheduler, float32 on CPU.
+
+        Spec §1 wants the shift applied to t = linspace(1, 0, T+1); diffusers' default spacing ends at 1/T·(...)
+        and wastes the last step on s ~0.009 -> 0, so we hand the scheduler the unshifted grid explicitly and
+        let it apply its own shift (static or dynamic) and append the terminal 0.
+        """
+        grid = np.linspace(1.0, 1.0 / num_steps, num_steps)
+        self.scheduler.set_timesteps(sigmas=grid, device="cpu", **self.scheduler_kwargs())
+        return self.scheduler.sigmas.to(torch.float32).clone()
