@@ -1,0 +1,73 @@
+"""Group-relative advantages for one or several rewards (spec §5)."""
+
+from __future__ import annotations
+
+import torch
+
+_EPS = 1e-8  # spec §5: guards groups whose rewards are all equal
+
+
+def _group_stats(values: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample mean and std (population) of its group. values, group_ids: (B,) -> two (B,) tensors."""
+    _, inverse = torch.unique(group_ids, return_inverse=True)
+    n_groups = int(inverse.max()) + 1
+    count = torch.zeros(n_groups, dtype=values.dtype).index_add_(0, inverse, torch.ones_like(values))
+    total = torch.zeros(n_groups, dtype=values.dtype).index_add_(0, inverse, values)
+    mean = total / count
+    sq = torch.zeros(n_groups, dtype=values.dtype).index_add_(0, inverse, (values - mean[inverse]) ** 2)
+    std = torch.sqrt(sq / count)
+    return mean[inverse], std[inverse]
+
+
+def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, global_std: bool = True) -> torch.Tensor:
+    """A = (R - mean_group) / (std + 1e-8) (spec §5); samples of a zero-std group get A = 0.
+
+    Args:
+        rewards: (B,) one scalar reward per sample.
+        group_ids: (B,) integer id of each sample's prompt group (G samples per prompt).
+        global_std: divide by the std over the whole rollout batch (default) instead of the group's std.
+
+    Returns:
+        (B,) float32 advantages.
+    """
+    rewards = rewards.float().cpu()
+    group_ids = group_ids.cpu()
+    mean, std_group = _group_stats(rewards, group_ids)
+    std = rewards.std(unbiased=False).expand_as(rewards) if global_std else std_group
+    adv = (rewards - mean) / (std + _EPS)
+    return torch.where(std_group > 0, adv, torch.zeros_like(adv))
+
+
+def gdpo_advantages(rewards: torch.Tensor, weights: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
+    """GDPO for several rewards (spec §5): normalise each reward within its group, weight, sum, standardise.
+
+    A_i = standardise_batch( sum_k w_k · (R_ik - mean_group(R_k)) / (std_group(R_k) + 1e-8) )
+
+    Args:
+        rewards: (B, K) one column per trained reward. weights: (K,). group_ids: (B,).
+
+    Returns:
+        (B,) float32; samples whose group has zero std in every reward get A = 0.
+    """
+    rewards = rewards.float().cpu()
+    group_ids = group_ids.cpu()
+    combined = torch.zeros(rewards.shape[0])
+    any_spread = torch.zeros(rewards.shape[0], dtype=torch.bool)
+    for k in range(rewards.shape[1]):
+        mean, std = _group_stats(rewards[:, k], group_ids)
+        combined += weights[k] * (rewards[:, k] - mean) / (std + _EPS)
+        any_spread |= std > 0
+    adv = (combined - combined.mean()) / (combined.std(unbiased=False) + _EPS)
+    return torch.where(any_spread, adv, torch.zeros_like(adv))
+
+
+def zero_std_fraction(rewards: torch.Tensor, group_ids: torch.Tensor) -> float:
+    """Share of samples whose whole group has zero reward std (spec §5; reported as `zero_std_fraction`).
+
+    rewards: (B,) or (B, K); with several rewards a group counts only when it is flat in all of them.
+    """
+    columns = rewards.float().cpu().reshape(rewards.shape[0], -1)
+    flat = torch.ones(columns.shape[0], dtype=torch.bool)
+    for k in range(columns.shape[1]):
+        flat &= _group_stats(columns[:, k], group_ids.cpu())[1] == 0
+    return flat.float().mean().item()

@@ -1,0 +1,87 @@
+"""Resumable checkpoints: trainable weights (and EMA) as safetensors, optimizer state, step (the RNG is derived).
+
+Layout: <out_dir>/checkpoints/step_000010/{trainable.safetensors, ema.safetensors?, optimizer.pt, state.json}.
+A checkpoint is written to a temporary folder and renamed, so a crash never leaves a half-written one behind.
+All randomness of a run is derived from (seed, step), so the step is the whole RNG state needed to resume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+CHECKPOINTS = "checkpoints"
+
+
+@dataclass
+class CheckpointState:
+    step: int
+    trainable: dict[str, torch.Tensor]
+    optimizer: dict
+    ema: dict[str, torch.Tensor] | None
+
+
+def checkpoint_dir(out_dir: Path, step: int) -> Path:
+    return Path(out_dir) / CHECKPOINTS / f"step_{step:06d}"
+
+
+def save_checkpoint(
+    out_dir: Path,
+    step: int,
+    trainable: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    ema: dict[str, torch.Tensor] | None,
+    config_json: str,
+) -> Path:
+    """Write a complete checkpoint for `step` and return its folder."""
+    final = checkpoint_dir(out_dir, step)
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.contiguous().cpu() for k, v in trainable.items()}, str(tmp / "trainable.safetensors"))
+    if ema is not None:
+        save_file({k: v.contiguous().cpu() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    (tmp / "state.json").write_text(json.dumps({"step": step, "config": json.loads(config_json)}, indent=1))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return final
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    """The newest complete checkpoint folder under out_dir, or None."""
+    root = Path(out_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return None
+    done = [p for p in root.glob("step_*") if not p.name.endswith(".tmp") and (p / "state.json").is_file()]
+    return max(done, key=lambda p: int(p.name.split("_")[1]), default=None)
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> CheckpointState:
+    path = Path(path)
+    if not (path / "state.json").is_file():
+        raise FileNotFoundError(f"no checkpoint at {path} (expected state.json, trainable.safetensors)")
+    state = json.loads((path / "state.json").read_text())
+    ema_file = path / "ema.safetensors"
+    return CheckpointState(
+        step=int(state["step"]),
+        trainable=load_file(str(path / "trainable.safetensors"), device=str(map_location)),
+        optimizer=torch.load(path / "optimizer.pt", map_location=map_location, weights_only=True),
+        ema=load_file(str(ema_file), device=str(map_location)) if ema_file.is_file() else None,
+    )
+
+
+def load_weights(path: Path, use_ema: bool = True, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Only the weights of a checkpoint (EMA when present and asked for): what evaluation needs."""
+    path = Path(path)
+    ema_file = path / "ema.safetensors"
+    chosen = ema_file if use_ema and ema_file.is_file() else path / "trainable.safetensors"
+    if not chosen.is_file():
+        raise FileNotFoundError(f"no checkpoint weights at {chosen}")
+    return load_file(str(chosen), device=str(map_location))

@@ -1,0 +1,109 @@
+"""`flowdppo train` and `flowdppo pretrain-base`: thin shells over trainer.train and trainer.pretrain."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib import resources
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from trainer.config import TrainConfig, format_validation_error, parse_overrides
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("train", help="Run a standalone training (no platform) with a progress bar.")
+    p.add_argument("config", help="Preset name (e.g. shapes-dppo) or a JSON/YAML config file.")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="Override a config field, e.g. --set loss=clip --set rewards.0.weight=0.5")
+    p.add_argument("--steps", type=int, help="Shortcut for --set steps=N.")
+    p.add_argument("--out", type=Path, help="Output folder (default runs/<config name>).")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0.")
+    p.set_defaults(handler=_train)
+
+    p = subparsers.add_parser("pretrain-base", help="Rebuild the shipped built-in base model by flow matching.")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None, help="Default: the shipped trainer/assets file.")
+    p.set_defaults(handler=_pretrain)
+
+    p = subparsers.add_parser("presets", help="List the named configs.")
+    p.set_defaults(handler=_presets)
+
+
+def resolve_config(name_or_path: str, overrides: list[str]) -> TrainConfig:
+    """A preset name or a config file, with --set overrides applied and validated."""
+    from trainer.presets import PRESETS, get_preset
+
+    if name_or_path in PRESETS:
+        config = get_preset(name_or_path)
+    elif Path(name_or_path).is_file():
+        config = TrainConfig.from_file(name_or_path)
+    else:
+        raise ValueError(f"{name_or_path!r} is neither a preset ({', '.join(PRESETS)}) nor a config file")
+    return config.with_overrides(parse_overrides(overrides)) if overrides else config
+
+
+def _train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from trainer.callbacks import CallbackList, JsonlCallback, NullCallback
+    from trainer.train import train
+
+    overrides = args.overrides + ([f"steps={args.steps}"] if args.steps else [])
+    try:
+        config = resolve_config(args.config, overrides)
+    except ValidationError as err:
+        print(f"invalid config:\n{format_validation_error(err)}", file=sys.stderr)
+        return 2
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = args.out or Path("runs") / Path(args.config).stem
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(config.to_json())
+    bar = tqdm(total=config.steps, desc=Path(args.config).stem, unit="step")
+
+    class ProgressBar(NullCallback):
+        def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
+            if step == 0:
+                return
+            bar.update(step - bar.n)
+            shown = {k.split("/")[-2] if k.count("/") > 1 else k: metrics[k]
+                     for k in ("reward/total/mean", "eval/reward/total/mean", "kl_old/mean") if k in metrics}
+            bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()})
+
+    result = train(config, CallbackList([JsonlCallback(out), ProgressBar()]), out_dir=out, device=args.device)
+    bar.close()
+    print(f"{result.steps_completed} steps; metrics, samples and checkpoints in {out}")
+    return 0
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from trainer.models.builtin import SHIPPED_BASE
+    from trainer.pretrain import pretrain_base
+
+    out = args.out or Path(str(resources.files("trainer") / "assets" / SHIPPED_BASE))
+    bar = tqdm(total=args.steps, desc="pretrain", unit="step")
+
+    def on_step(step: int, loss: float) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}")
+
+    info = pretrain_base(out, args.steps, args.batch_size, args.lr, args.seed, on_step=on_step)
+    bar.close()
+    print(f"saved {out}: " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in info.items()))
+    return 0
+
+
+def _presets(args: argparse.Namespace) -> int:
+    from trainer.presets import PRESETS
+
+    for name, config in PRESETS.items():
+        print(f"{name:18s} model={config.model} loss={config.loss} sampler={config.sampler} steps={config.steps}")
+    return 0

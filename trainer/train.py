@@ -1,0 +1,317 @@
+"""The Flow-DPPO / Flow-GRPO training loop (spec §6): rollout -> rewards -> advantages -> inner epochs -> report."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from trainer.advantages import gdpo_advantages, group_advantages, zero_std_fraction
+from trainer.callbacks import Callback, NullCallback
+from trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from trainer.config import TrainConfig, sde_window_range
+from trainer.divergence import gaussian_kl
+from trainer.evaluate import evaluation_metrics, logged_samples, score_images
+from trainer.losses import LOSSES
+from trainer.models import FlowModel, load_model, select_embeds
+from trainer.prompts import load_prompts
+from trainer.rewards import RewardFn, build_reward
+from trainer.sampling import Trajectory, draw_sde_steps, gaussian_log_prob, sample_trajectory, transition
+
+log = logging.getLogger(__name__)
+
+SELFTEST_TOLERANCE = 1e-3  # spec §4: warn when the first-step ratio/KL deviates more than this
+KL_REF_MONITOR_SAMPLES = 16  # with beta = 0, drift from the base is measured on this many rollout samples
+
+
+@dataclass
+class RunResult:
+    steps_completed: int
+    stopped: bool  # True when should_stop() ended the run early
+    final_metrics: dict[str, float]
+    out_dir: Path
+
+
+@dataclass
+class Rollout:
+    """One rollout batch (B = P·G samples) and what training needs from it."""
+
+    prompts: list[str]  # (B,)
+    group_ids: torch.Tensor  # (B,)
+    traj: Trajectory
+    sigmas: torch.Tensor  # (T+1,)
+
+
+def step_generator(seed: int, step: int, purpose: int) -> torch.Generator:
+    """Every random draw of a run comes from (seed, step, purpose): resume needs no RNG state, same seed same run."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step * 101 + purpose)
+
+
+def build_rewards(config: TrainConfig, device: str | torch.device) -> dict[str, RewardFn]:
+    return {spec.name: build_reward(spec.name, spec.options, device) for spec in config.rewards}
+
+
+def train(
+    config: TrainConfig,
+    callback: Callback | None = None,
+    *,
+    out_dir: Path,
+    device: str | torch.device = "cpu",
+    model: FlowModel | None = None,
+    rewards: dict[str, RewardFn] | None = None,
+    resume: bool = True,
+) -> RunResult:
+    """Train `config` and report every step through `callback`; resume from the latest checkpoint in out_dir."""
+    callback = callback or NullCallback()
+    out_dir = Path(out_dir)
+    model = model or load_model(config, device)
+    rewards = rewards or build_rewards(config, device)
+    params = model.trainable_parameters()
+    optimizer = torch.optim.AdamW(
+        params, lr=config.learning_rate, betas=config.adam_betas, weight_decay=config.weight_decay, eps=config.adam_eps
+    )
+    ema = {n: v.float().clone() for n, v in model.trainable_state_dict().items()} if config.ema_decay else None
+    start = 0
+    ckpt = latest_checkpoint(out_dir) if resume else None
+    if ckpt is not None:
+        state = load_checkpoint(ckpt, map_location=model.device)
+        model.load_trainable_state_dict(state.trainable)
+        optimizer.load_state_dict(state.optimizer)
+        ema, start = state.ema, state.step
+        log.info("resumed from %s at step %d", ckpt, start)
+    train_prompts = load_prompts(config.train_prompts)
+    eval_prompts = load_prompts(config.eval_prompts)[: config.eval_num_prompts]
+    sigmas = model.sigmas(config.num_steps)
+    if start == 0 and config.eval_every:  # the base model's held-out reward, the curves' starting point
+        callback.on_metrics(0, evaluation_metrics(model, config, eval_prompts, rewards, ema))
+
+    metrics: dict[str, float] = {}
+    step, stopped = start, False
+    while step < config.steps:
+        if callback.should_stop():
+            stopped = True
+            break
+        step += 1
+        t0 = time.perf_counter()
+        # 1. rollout
+        rollout = _rollout(model, config, train_prompts, sigmas, step)
+        t1 = time.perf_counter()
+        # 2. rewards
+        images = model.decode(rollout.traj.final)
+        reward_table = score_images(rewards, images, rollout.prompts)  # name -> (B,)
+        t2 = time.perf_counter()
+        # 3. advantages
+        adv, metrics = _advantages(config, reward_table, rollout.group_ids)
+        # 4. inner epochs x minibatches
+        metrics.update(_update(model, optimizer, config, rollout, adv, ema, step))
+        t3 = time.perf_counter()
+        # 5. report
+        metrics.update(_timing(t0, t1, t2, t3, len(rollout.prompts)))
+        if config.eval_every and step % config.eval_every == 0:
+            metrics.update(evaluation_metrics(model, config, eval_prompts, rewards, ema))
+        callback.on_metrics(step, metrics)
+        if config.sample_every and config.num_logged_samples and step % config.sample_every == 0:
+            callback.on_samples(step, logged_samples(model, config, eval_prompts, rewards, ema))
+        if step == config.steps or (config.checkpoint_every and step % config.checkpoint_every == 0):
+            _checkpoint(out_dir, step, model, optimizer, ema, config, callback)
+    if stopped and step > start:
+        _checkpoint(out_dir, step, model, optimizer, ema, config, callback)
+    return RunResult(steps_completed=step, stopped=stopped, final_metrics=metrics, out_dir=out_dir)
+
+
+def _rollout(model: FlowModel, config: TrainConfig, prompt_set: list[str], sigmas: torch.Tensor, step: int) -> Rollout:
+    """Sample P prompts x G images with the current weights, recording every SDE step (spec §1, §6)."""
+    gen = step_generator(config.seed, step, purpose=1)
+    P, G = config.prompts_per_step, config.group_size
+    picks = torch.randint(len(prompt_set), (P,), generator=gen).tolist()
+    prompts = [prompt_set[i] for i in picks for _ in range(G)]  # (B,) grouped
+    group_ids = torch.arange(P).repeat_interleave(G)  # (B,)
+    sde_steps = draw_sde_steps(sde_window_range(config), config.num_sde_steps, gen)
+    shape = model.sample_shape
+    # Shared initial noise makes the group's spread come from the policy's own stochastic steps (spec §5).
+    noise = torch.randn((P if config.shared_initial_noise else P * G, *shape), generator=gen)
+    if config.shared_initial_noise:
+        noise = noise.repeat_interleave(G, dim=0)
+    embeds = model.encode_prompts(prompts)
+    ref_rows = P * G if config.beta > 0 else min(KL_REF_MONITOR_SAMPLES, P * G)
+    chunk = config.micro_batch_size or P * G
+    model.eval()
+    parts = []
+    for lo in range(0, P * G, chunk):
+        rows = slice(lo, min(lo + chunk, P * G))
+        emb = select_embeds(embeds, rows)
+        parts.append(
+            sample_trajectory(
+                lambda x, s, emb=emb: model.velocity(x, s, emb, config.guidance_scale),
+                noise[rows].to(model.device),
+                sigmas,
+                sde_steps,
+                config.sampler,
+                config.effective_noise_level,
+                generator=gen,
+                storage_dtype=model.dtype,
+                logprob_reduction=config.logprob_reduction,
+                reference_velocity_fn=_reference_fn(model, emb, config) if lo < ref_rows else None,
+            )
+        )
+    return Rollout(prompts=prompts, group_ids=group_ids, traj=_cat_trajectories(parts, ref_rows), sigmas=sigmas)
+
+
+def _reference_fn(model: FlowModel, embeds, config: TrainConfig):
+    def velocity_ref(x, s):
+        with model.reference():
+            return model.velocity(x, s, embeds, config.guidance_scale)
+
+    return velocity_ref
+
+
+def _cat_trajectories(parts: list[Trajectory], ref_rows: int) -> Trajectory:
+    refs = [p.mean_ref for p in parts if p.mean_ref is not None]
+    return Trajectory(
+        x=torch.cat([p.x for p in parts]),
+        x_next=torch.cat([p.x_next for p in parts]),
+        logp_old=torch.cat([p.logp_old for p in parts]),
+        mean_old=torch.cat([p.mean_old for p in parts]),
+        std=parts[0].std,
+        step_indices=parts[0].step_indices,
+        final=torch.cat([p.final for p in parts]),
+        mean_ref=torch.cat(refs)[:ref_rows] if refs else None,
+    )
+
+
+def _advantages(config: TrainConfig, rewards: dict[str, torch.Tensor], group_ids: torch.Tensor):
+    """Aggregate rewards and compute per-sample advantages (spec §5); returns (adv (B,), reward metrics)."""
+    metrics: dict[str, float] = {}
+    for name, values in rewards.items():
+        metrics[f"reward/{name}/mean"] = values.mean().item()
+        metrics[f"reward/{name}/std"] = values.std(unbiased=False).item()
+    trained = config.trained_rewards
+    weights = torch.tensor([r.weight for r in trained])
+    table = torch.stack([rewards[r.name] for r in trained], dim=1)  # (B, K)
+    total = table @ weights  # (B,)
+    metrics["reward/total/mean"] = total.mean().item()
+    if config.effective_reward_aggregation == "gdpo":
+        adv = gdpo_advantages(table, weights, group_ids)
+        metrics["zero_std_fraction"] = zero_std_fraction(table, group_ids)
+    else:
+        adv = group_advantages(total, group_ids, global_std=config.advantage_std == "global")
+        metrics["zero_std_fraction"] = zero_std_fraction(total, group_ids)
+    clip = config.effective_advantage_clip
+    if clip is not None:
+        adv = adv.clamp(-clip, clip)
+    metrics["adv/abs_mean"] = adv.abs().mean().item()
+    return adv, metrics
+
+
+def _update(model, optimizer, config: TrainConfig, rollout: Rollout, adv, ema, step: int) -> dict[str, float]:
+    """Inner epochs x minibatches of policy-gradient steps on one rollout (spec §6); returns the step's stats."""
+    model.train()
+    B = len(rollout.prompts)
+    embeds = model.encode_prompts(rollout.prompts)
+    adv = adv.to(model.device)
+    collected: list[tuple[int, dict[str, float]]] = []
+    kl_all, grad_norms = [], []
+    for epoch in range(config.inner_epochs):
+        order = torch.randperm(B, generator=step_generator(config.seed, step, purpose=100 + epoch))
+        for mb, rows in enumerate(order.split(config.minibatch_size)):
+            optimizer.zero_grad(set_to_none=True)
+            chunk = config.micro_batch_size or len(rows)
+            for micro in rows.split(chunk):
+                stats, kl = _loss_backward(model, config, rollout, embeds, adv, micro, scale=len(micro) / len(rows))
+                collected.append((len(micro), stats))
+                kl_all.append(kl)
+                if epoch == 0 and mb == 0:  # first optimizer step after the rollout: pi_theta == pi_old
+                    stats["selftest/ratio_dev"] = max(abs(stats["ratio/max"] - 1), abs(stats["ratio/min"] - 1))
+                    stats["selftest/kl_dev"] = kl.max().item()
+            grad_norms.append(torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), config.max_grad_norm))
+            optimizer.step()
+            if ema is not None:
+                _ema_update(ema, model, config.ema_decay)
+    out = _combine_stats(collected)
+    kl_cat = torch.cat(kl_all).flatten()
+    out.update(
+        {
+            "kl_old/mean": kl_cat.mean().item(),
+            "kl_old/max": kl_cat.max().item(),
+            "kl_old/p50": kl_cat.quantile(0.5).item(),
+            "kl_old/p90": kl_cat.quantile(0.9).item(),
+            "grad_norm": torch.stack(grad_norms).float().mean().item(),
+            "lr": optimizer.param_groups[0]["lr"],
+        }
+    )
+    if config.beta == 0 and rollout.traj.mean_ref is not None:  # monitor only: pi_old vs pi_ref at rollout
+        traj = rollout.traj
+        n = traj.mean_ref.shape[0]
+        std = traj.std.repeat(n).view(-1, 1, 1, 1)
+        ref_kl = gaussian_kl(traj.mean_old[:n].flatten(0, 1), traj.mean_ref.flatten(0, 1), std, config.logprob_reduction)
+        out["kl_ref/mean"] = ref_kl.mean().item()
+    if out.get("selftest/ratio_dev", 0.0) > SELFTEST_TOLERANCE or out.get("selftest/kl_dev", 0.0) > SELFTEST_TOLERANCE:
+        log.warning("self-test: first-step ratio/KL deviate from 1/0 by %.2e/%.2e (numerics or a nondeterministic "
+                    "model)", out["selftest/ratio_dev"], out["selftest/kl_dev"])
+    return out
+
+
+def _loss_backward(model, config: TrainConfig, rollout: Rollout, embeds, adv, rows, scale: float):
+    """Recompute the policy on `rows` for all their SDE steps at once, backprop the loss; returns (stats, D)."""
+    traj, sigmas = rollout.traj, rollout.sigmas
+    n, S = len(rows), traj.x.shape[1]
+    steps = torch.tensor(traj.step_indices)
+    sigma = sigmas[steps].repeat(n).to(model.device)  # (n·S,) one forward over every (sample, step) pair
+    sigma_next = sigmas[steps + 1].repeat(n).to(model.device)
+    std = traj.std.repeat(n).view(-1, 1, 1, 1).to(model.device)  # (n·S, 1, 1, 1)
+    x = traj.x[rows].flatten(0, 1)  # (n·S, C, H, W)
+    emb = select_embeds(embeds, rows.repeat_interleave(S).to(model.device))  # (n·S, ...)
+    v = model.velocity(x, sigma, emb, config.guidance_scale)
+    mean_new, _ = transition(config.sampler, v, x, sigma, sigma_next, config.effective_noise_level, sigmas[1])
+    logp_new = gaussian_log_prob(traj.x_next[rows].flatten(0, 1), mean_new, std, config.logprob_reduction).view(n, S)
+    with torch.no_grad():  # D only drives the mask (spec §3)
+        kl = gaussian_kl(traj.mean_old[rows].flatten(0, 1), mean_new, std, config.logprob_reduction).view(n, S)
+    loss, stats = LOSSES[config.loss](logp_new, traj.logp_old[rows], adv[rows], kl, config.delta, config.clip_range)
+    stats["loss/policy"] = loss.item()
+    if config.beta > 0:
+        kl_ref = gaussian_kl(mean_new, traj.mean_ref[rows].flatten(0, 1), std, config.logprob_reduction)  # (n·S,)
+        loss = loss + config.beta * kl_ref.mean()
+        stats["kl_ref/mean"] = kl_ref.mean().item()
+    stats["loss/total"] = loss.item()
+    (loss * scale).backward()
+    return stats, kl
+
+
+def _combine_stats(collected: list[tuple[int, dict[str, float]]]) -> dict[str, float]:
+    """Weighted mean over micro-batches; min/max keys keep their extreme; self-test keys are taken as they are."""
+    out: dict[str, float] = {}
+    for key in collected[0][1]:
+        values = [(n, s[key]) for n, s in collected if key in s]
+        if key.endswith("/min"):
+            out[key] = min(v for _, v in values)
+        elif key.endswith("/max"):
+            out[key] = max(v for _, v in values)
+        else:
+            out[key] = sum(n * v for n, v in values) / sum(n for n, _ in values)
+    for _, s in collected:  # keys only present on the first micro-batch (self-test)
+        for key, value in s.items():
+            out.setdefault(key, value)
+    return out
+
+
+@torch.no_grad()
+def _ema_update(ema: dict[str, torch.Tensor], model: FlowModel, decay: float) -> None:
+    for name, value in model.trainable_state_dict().items():
+        ema[name].lerp_(value.float(), 1 - decay)
+
+
+def _timing(t0: float, t1: float, t2: float, t3: float, images: int) -> dict[str, float]:
+    return {
+        "time/rollout_s": t1 - t0,
+        "time/reward_s": t2 - t1,
+        "time/train_s": t3 - t2,
+        "throughput/images_per_s": images / max(t3 - t0, 1e-9),
+    }
+
+
+def _checkpoint(out_dir, step, model, optimizer, ema, config: TrainConfig, callback: Callback) -> None:
+    path = save_checkpoint(out_dir, step, model.trainable_state_dict(), optimizer, ema, config.to_json())
+    callback.on_checkpoint(step, path)
