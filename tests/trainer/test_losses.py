@@ -1,0 +1,77 @@
+"""Losses against their definitions (spec §4): the dppo mask's truth table, masked gradients, PPO clipping."""
+
+import itertools
+
+import pytest
+import torch
+
+from trainer.losses import LOSSES, clip_loss, dppo_loss, pg_loss
+
+DELTA = 1e-5
+
+
+@pytest.mark.parametrize(
+    "adv_sign, ratio_above_one, kl_above_delta",
+    list(itertools.product([1.0, -1.0], [True, False], [True, False])),
+)
+def test_dppo_mask_truth_table(adv_sign, ratio_above_one, kl_above_delta):
+    # M = 0 iff D > delta and the update moves further away (A>0, r>1 or A<0, r<1); all 8 cases.
+    log_r = 0.01 if ratio_above_one else -0.01
+    logp_old = torch.zeros(1, 1)
+    logp_new = (logp_old + log_r).requires_grad_()
+    kl = torch.full((1, 1), 10 * DELTA if kl_above_delta else 0.1 * DELTA)
+    loss, stats = dppo_loss(logp_new, logp_old, torch.tensor([adv_sign]), kl, DELTA)
+    moving_away = (adv_sign > 0) == ratio_above_one
+    masked = kl_above_delta and moving_away
+    assert stats["mask/fraction"] == (1.0 if masked else 0.0)
+    loss.backward()
+    if masked:  # masked terms count as zero and carry no gradient
+        assert loss.item() == 0.0 and logp_new.grad.item() == 0.0
+    else:
+        r = torch.exp(torch.tensor(log_r))
+        assert loss.item() == pytest.approx(-adv_sign * r.item(), rel=1e-6)
+        assert logp_new.grad.item() == pytest.approx(-adv_sign * r.item(), rel=1e-5)
+
+
+def test_dppo_masked_terms_count_as_zeros_in_the_mean():
+    logp_old = torch.zeros(2, 2)
+    logp_new = torch.tensor([[0.1, 0.1], [0.1, -0.1]], requires_grad=True)
+    adv = torch.tensor([1.0, 1.0])
+    kl = torch.tensor([[1.0, 0.0], [0.0, 0.0]])  # only term (0, 0) is beyond delta and moving away
+    loss, stats = dppo_loss(logp_new, logp_old, adv, kl, DELTA)
+    r = torch.exp(logp_new.detach())
+    assert loss.item() == pytest.approx(-(r[0, 1] + r[1, 0] + r[1, 1]).item() / 4, rel=1e-6)
+    loss.backward()
+    assert logp_new.grad[0, 0] == 0 and (logp_new.grad.flatten()[1:] != 0).all()
+    assert stats["mask/fraction"] == 0.25 and stats["mask/pos_fraction"] == 0.25 and stats["mask/neg_fraction"] == 0
+
+
+def test_clip_loss_matches_ppo_definition():
+    torch.manual_seed(0)
+    logp_old = torch.randn(8, 3) * 0.01
+    logp_new = logp_old + torch.randn(8, 3) * 1e-3
+    adv = torch.randn(8)
+    eps = 1e-4
+    loss, stats = clip_loss(logp_new, logp_old, adv, eps)
+    r = torch.exp(logp_new - logp_old)
+    a = adv[:, None]
+    # PPO: maximise E[min(r·A, clip(r)·A)]  <=>  minimise E[max(-r·A, -clip(r)·A)]
+    expected = -torch.minimum(r * a, r.clamp(1 - eps, 1 + eps) * a).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert stats["clip/fraction"] == pytest.approx(((r - 1).abs() > eps).float().mean().item())
+
+
+def test_clip_loss_has_no_gradient_beyond_the_trust_region():
+    logp_old = torch.zeros(2, 1)
+    logp_new = torch.tensor([[0.01], [-0.01]], requires_grad=True)  # r far outside 1 +- 1e-4
+    clip_loss(logp_new, logp_old, torch.tensor([1.0, -1.0]), 1e-4)[0].backward()
+    assert torch.equal(logp_new.grad, torch.zeros(2, 1))
+
+
+def test_pg_loss_and_registry():
+    logp = torch.zeros(3, 2, requires_grad=True)
+    loss, stats = pg_loss(logp, torch.zeros(3, 2), torch.tensor([1.0, 2.0, -3.0]))
+    assert loss.item() == pytest.approx(0.0) and stats["ratio/mean"] == 1.0
+    assert set(LOSSES) == {"dppo", "clip", "none"}
+    out, _ = LOSSES["dppo"](logp, torch.zeros(3, 2), torch.ones(3), torch.zeros(3, 2), DELTA, 1e-4)
+    assert out.item() == pytest.approx(-1.0)
