@@ -9,6 +9,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from trainer.rewards.registry import available_rewards
+
 LossName = Literal["dppo", "clip", "none"]
 SamplerName = Literal["flow_sde", "cps"]
 ModelFamily = Literal["builtin", "sd3", "flux"]
@@ -174,6 +176,10 @@ class TrainConfig(BaseModel):
         names = [r.name for r in self.rewards]
         if len(set(names)) != len(names):
             raise ValueError(f"rewards: each reward name may appear once, got {names}")
+        known = available_rewards()
+        for name in names:
+            if name not in known:
+                raise ValueError(f"rewards: unknown reward {name!r}; available: {', '.join(known)}")
         if self.model != "builtin" and not self.model_path:
             raise ValueError(f"model_path is required for model={self.model!r} (a local directory with the weights)")
         if not all(0.0 < b < 1.0 for b in self.adam_betas):

@@ -1,0 +1,96 @@
+"""RL quality on the built-in domain: shapes-dppo vs shapes-clip, several seeds, equal rollouts (prints a table).
+
+Settings: the presets as shipped (I=1), two inner epochs (I=2: the paper's multi-epoch claim), and a setting where
+the trust region binds (8 minibatches per rollout and lr 3e-4). Reports final and best held-out reward (ODE sampler,
+held-out prompts), KL to the base model, masked/clipped fractions and wall time, mean ± std over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+SETTINGS = {
+    "I=1 (preset)": {},
+    "I=2": {"inner_epochs": 2},
+    "binding: M=8, lr=3e-4": {"num_minibatches": 8, "learning_rate": 3e-4},
+}
+
+
+def run_one(preset: str, overrides: dict, seed: int, steps: int, eval_every: int) -> dict[str, float]:
+    import torch
+
+    from trainer.callbacks import NullCallback
+    from trainer.presets import get_preset
+    from trainer.train import train
+
+    torch.set_num_threads(1)
+
+    class Collect(NullCallback):
+        def __init__(self):
+            self.eval: list[float] = []
+            self.kl_ref = 0.0
+            self.fraction: list[float] = []
+
+        def on_metrics(self, step, metrics):
+            if "eval/reward/total/mean" in metrics:
+                self.eval.append(metrics["eval/reward/total/mean"])
+            if step > 0:
+                self.kl_ref = metrics["kl_ref/mean"]
+                self.fraction.append(metrics.get("mask/fraction", metrics.get("clip/fraction", 0.0)))
+
+    config = get_preset(preset).with_overrides(
+        {**overrides, "seed": seed, "steps": steps, "eval_every": eval_every, "sample_every": 0, "checkpoint_every": 0}
+    )
+    collect = Collect()
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as out:
+        train(config, collect, out_dir=out)
+    return {
+        "base": collect.eval[0],
+        "final": collect.eval[-1],
+        "best": max(collect.eval),
+        "kl_ref": collect.kl_ref,
+        "fraction": statistics.mean(collect.fraction),
+        "time": time.perf_counter() - t0,
+    }
+
+
+def fmt(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
+    mean = statistics.mean(values) * scale
+    std = statistics.pstdev(values) * scale
+    return f"{mean:.{digits}f}±{std:.{digits}f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--eval-every", type=int, default=10)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--settings", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
+    args = parser.parse_args()
+    jobs = [(s, p, seed) for s in args.settings for p in ("shapes-clip", "shapes-dppo") for seed in range(args.seeds)]
+    with ProcessPoolExecutor(args.workers) as pool:
+        futures = {job: pool.submit(run_one, job[1], SETTINGS[job[0]], job[2], args.steps, args.eval_every)
+                   for job in jobs}
+        results = {job: f.result() for job, f in futures.items()}
+    print(f"\nheld-out verifier reward (ODE, 40 steps), {args.steps} RL steps, {args.seeds} seeds, mean±std")
+    header = f"{'setting':24s} {'loss':6s} {'base':>12s} {'final':>12s} {'best':>12s} {'KL_ref e-3':>12s} " \
+             f"{'masked/clipped':>15s} {'time s':>8s}"
+    print(header)
+    print("-" * len(header))
+    for setting in args.settings:
+        for preset in ("shapes-clip", "shapes-dppo"):
+            rs = [results[(setting, preset, seed)] for seed in range(args.seeds)]
+            col = lambda k: [r[k] for r in rs]  # noqa: E731
+            print(f"{setting:24s} {preset.split('-')[-1]:6s} {fmt(col('base')):>12s} {fmt(col('final')):>12s} "
+                  f"{fmt(col('best')):>12s} {fmt(col('kl_ref'), 1e3):>12s} {fmt(col('fraction')):>15s} "
+                  f"{statistics.mean(col('time')):8.0f}")
+
+
+if __name__ == "__main__":
+    main()

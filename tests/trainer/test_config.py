@@ -1,0 +1,75 @@
+"""The run config: defaults from the spec, refusal of bad values with the field named, round trips."""
+
+import pytest
+from pydantic import ValidationError
+
+from trainer.config import TrainConfig, format_validation_error, parse_overrides
+from trainer.presets import PRESETS, get_preset
+
+
+def test_spec_defaults():
+    c = TrainConfig()
+    assert (c.loss, c.delta, c.clip_range, c.beta) == ("dppo", 1e-5, 1e-4, 0.0)
+    assert (c.learning_rate, c.num_minibatches, c.inner_epochs, c.max_grad_norm) == (3e-4, 2, 1, 1.0)
+    assert (c.num_steps, c.sde_steps, c.sde_window, c.eval_num_steps, c.guidance_scale) == (10, 3, (0.0, 0.5), 40, 1.0)
+    assert c.effective_noise_level == 0.7 and TrainConfig(sampler="cps").effective_noise_level == 0.8
+    assert c.effective_advantage_clip is None and TrainConfig(loss="clip").effective_advantage_clip == 5.0
+    assert c.logprob_reduction == "mean" and c.effective_reward_aggregation == "sum"
+    two = TrainConfig(rewards=[{"name": "shapes"}, {"name": "jpeg_compressibility", "weight": 0.5}])
+    assert two.effective_reward_aggregation == "gdpo"
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"loss": "ppo"}, "loss"),
+        ({"delta": -1}, "delta"),
+        ({"learning_rate": 0}, "learning_rate"),
+        ({"group_size": 1}, "group_size"),
+        ({"unknown_knob": 1}, "unknown_knob"),
+        ({"sampler": "ddim"}, "sampler"),
+        ({"logprob_reduction": "max"}, "logprob_reduction"),
+        ({"rewards": [{"name": "shapes", "weight": -1}]}, "rewards.0.weight"),
+    ],
+)
+def test_bad_values_are_refused_with_the_field_named(overrides, field):
+    with pytest.raises(ValidationError) as err:
+        TrainConfig(**overrides)
+    assert format_validation_error(err.value).startswith(field)
+
+
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        ({"num_minibatches": 3}, "num_minibatches=3"),
+        ({"sde_steps": 9}, "sde_steps=9"),
+        ({"sde_window": (0.6, 0.2)}, "sde_window"),
+        ({"micro_batch_size": 5}, "micro_batch_size=5"),
+        ({"rewards": [{"name": "shapes", "weight": 0}]}, "weight > 0"),
+        ({"model": "sd3"}, "model_path is required"),
+        ({"rewards": [{"name": "nope"}]}, "unknown reward 'nope'"),
+    ],
+)
+def test_cross_field_rules_name_fields_and_values(overrides, words):
+    with pytest.raises(ValidationError, match=words.replace("(", r"\(")):
+        TrainConfig(**overrides)
+
+
+def test_json_yaml_and_overrides_round_trip(tmp_path):
+    c = get_preset("shapes-dppo").with_overrides(parse_overrides(["loss=clip", "sde_window=[0.1, 0.6]", "steps=7"]))
+    assert (c.loss, c.sde_window, c.steps) == ("clip", (0.1, 0.6), 7)
+    (tmp_path / "c.json").write_text(c.to_json())
+    assert TrainConfig.from_file(tmp_path / "c.json") == c
+    (tmp_path / "c.yaml").write_text("loss: none\nsteps: 3\nrewards:\n  - name: shapes\n")
+    assert TrainConfig.from_file(tmp_path / "c.yaml").loss == "none"
+    with pytest.raises(ValueError, match="key=value"):
+        parse_overrides(["loss"])
+
+
+def test_presets_differ_only_in_loss_and_sampler():
+    base = PRESETS["shapes-dppo"].model_dump()
+    for name in ("shapes-clip", "shapes-cps-dppo", "shapes-cps-clip"):
+        other = PRESETS[name].model_dump()
+        assert {k for k in base if base[k] != other[k]} <= {"loss", "sampler"}
+    with pytest.raises(ValueError, match="known presets"):
+        get_preset("nope")
