@@ -17,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as err:
-            if err.name != module_name:  # a component that exists but cannot import is a real error
+            if not module_name.startswith(err.name or "?"):  # a component that exists but cannot import is an error
                 raise
             continue
         module.register(subparsers)
