@@ -1,0 +1,1 @@
+"""The REST API (FastAPI), its service layer (shared with the dashboard), the Python client and CLI commands."""

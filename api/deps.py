@@ -1,0 +1,66 @@
+"""FastAPI dependencies: the services, a session per request, the calling team, and the run ownership check."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Path, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from api.services import Services
+from api.services import runs as run_service
+from api.services import teams as team_service
+from api.services.teams import Principal
+from store.models import Run
+
+bearer = HTTPBearer(auto_error=False, description="A team token: `flowdppo token create --team NAME`.")
+
+
+def get_services(request: Request) -> Services:
+    return request.app.state.services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def get_session(services: ServicesDep) -> Iterator[Session]:
+    with services.session() as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def get_current_team(
+    session: SessionDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> Principal:
+    principal = None if credentials is None else team_service.authenticate(session, token=credentials.credentials)
+    if principal is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, "missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"}
+        )
+    return principal
+
+
+CurrentTeam = Annotated[Principal, Depends(get_current_team)]
+
+
+def get_admin(principal: CurrentTeam) -> Principal:
+    if not principal.is_admin:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "this route needs an admin token")
+    return principal
+
+
+AdminTeam = Annotated[Principal, Depends(get_admin)]
+
+
+def get_run_for_team(
+    session: SessionDep, team: CurrentTeam, run_id: Annotated[int, Path(description="The run's id.")]
+) -> Run:
+    """The one ownership check of every /runs/{run_id}/... route: another team's run is a 404."""
+    return run_service.get_owned_run(session, team_id=team.team_id, run_id=run_id)
+
+
+RunForTeam = Annotated[Run, Depends(get_run_for_team)]

@@ -1,0 +1,1 @@
+"""One router per resource; every handler is parse -> service -> typed schema."""

@@ -1,0 +1,50 @@
+"""/comparisons: submit one base config as named variants (same seeds), list them, read them back aligned."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, status
+
+from api.deps import CurrentTeam, ServicesDep, SessionDep
+from api.schemas import ComparisonAligned, ComparisonCreate, ComparisonPublic, ComparisonsPublic
+from api.services import comparisons as service
+
+router = APIRouter(prefix="/comparisons", tags=["comparisons"])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+def create_comparison(
+    body: ComparisonCreate, session: SessionDep, team: CurrentTeam, services: ServicesDep
+) -> ComparisonPublic:
+    """All variants are validated first (422 naming the variant and field), stored together, then enqueued."""
+    return service.create_comparison(session, queue=services.queue, team_id=team.team_id, body=body)
+
+
+@router.get("")
+def list_comparisons(
+    session: SessionDep, team: CurrentTeam, limit: Annotated[int, Query(ge=1, le=500)] = 100
+) -> ComparisonsPublic:
+    return service.list_comparisons(session, team_id=team.team_id, limit=limit)
+
+
+@router.get("/{comparison_id}")
+def get_comparison(comparison_id: int, session: SessionDep, team: CurrentTeam) -> ComparisonPublic:
+    return service.get_comparison(session, team_id=team.team_id, comparison_id=comparison_id)
+
+
+@router.get("/{comparison_id}/aligned")
+def aligned(
+    comparison_id: int,
+    session: SessionDep,
+    team: CurrentTeam,
+    key: Annotated[list[str] | None, Query(description="Repeat for several keys; omitted = all keys.")] = None,
+    step_min: int | None = None,
+    step_max: int | None = None,
+    max_points: Annotated[int, Query(ge=1, le=10_000)] = 500,
+) -> ComparisonAligned:
+    """The runs and, per key, their values on the steps every run has."""
+    return service.aligned(
+        session, team_id=team.team_id, comparison_id=comparison_id, keys=key, step_min=step_min, step_max=step_max,
+        max_points=max_points,
+    )  # fmt: skip

@@ -1,0 +1,67 @@
+"""/runs: create (preset or config + overrides), list (filters, cursor), get, cancel, delete, events, evaluate."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, status
+
+from api.deps import CurrentTeam, RunForTeam, ServicesDep, SessionDep
+from api.schemas import EvaluateCreate, Message, RunCreate, RunEventPublic, RunKind, RunPublic, RunsPublic, RunStatus
+from api.services import runs as service
+
+router = APIRouter(prefix="/runs", tags=["runs"])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+def create_run(body: RunCreate, session: SessionDep, team: CurrentTeam, services: ServicesDep) -> RunPublic:
+    """Validate (422 naming the field), store, commit, then enqueue on the `train` queue."""
+    return service.create_run(session, queue=services.queue, team_id=team.team_id, body=body)
+
+
+@router.get("")
+def list_runs(
+    session: SessionDep,
+    team: CurrentTeam,
+    status: RunStatus | None = None,
+    kind: RunKind | None = None,
+    tag: str | None = None,
+    comparison_id: int | None = None,
+    parent_run_id: int | None = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> RunsPublic:
+    """Newest first; pass `next_cursor` back as `cursor` for the next page."""
+    return service.list_runs(
+        session, team_id=team.team_id, status=status, kind=kind, tag=tag, comparison_id=comparison_id,
+        parent_run_id=parent_run_id, cursor=cursor, limit=limit,
+    )  # fmt: skip
+
+
+@router.get("/{run_id}")
+def get_run(run: RunForTeam) -> RunPublic:
+    return RunPublic.model_validate(run)
+
+
+@router.post("/{run_id}/cancel")
+def cancel_run(run: RunForTeam, session: SessionDep) -> RunPublic:
+    """A queued run is cancelled at once; a running one stops after its current step."""
+    return service.cancel_run(session, run=run)
+
+
+@router.delete("/{run_id}")
+def delete_run(run: RunForTeam, session: SessionDep, services: ServicesDep) -> Message:
+    """Delete a run that is not running (409 otherwise), with its evaluations, rows and files."""
+    service.delete_run(session, run=run, data_dir=services.settings.DATA_DIR)
+    return Message(message=f"run {run.id} deleted")
+
+
+@router.get("/{run_id}/events")
+def list_events(run: RunForTeam, session: SessionDep, after_id: int | None = None) -> list[RunEventPublic]:
+    return service.list_events(session, run=run, after_id=after_id)
+
+
+@router.post("/{run_id}/evaluate", status_code=status.HTTP_201_CREATED)
+def evaluate(run: RunForTeam, body: EvaluateCreate, session: SessionDep, services: ServicesDep) -> RunPublic:
+    """An eval run (parent_run_id = this run) of a checkpoint, or of the base model when checkpoint_id is null."""
+    return service.evaluate(session, queue=services.queue, run=run, body=body)

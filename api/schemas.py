@@ -1,0 +1,284 @@
+"""Pydantic in/out shapes of the REST API (and of the service layer the dashboard calls); no ORM objects leak out."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from trainer.config import TrainConfig
+
+RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+RunKind = Literal["train", "eval"]
+VoteChoice = Literal["left", "right", "tie"]
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+# --- runs ---
+class RunCreate(BaseModel):
+    """A run from a preset name or a full TrainConfig, plus optional dotted-key overrides (`{"loss": "clip"}`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    preset: str | None = Field(None, description="Preset name (GET /presets), e.g. 'shapes-dppo'.")
+    config: TrainConfig | None = Field(None, description="A full config; omitted fields take their defaults.")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="Dotted keys applied last, e.g. {'steps': 5}.")
+    name: str = Field("", max_length=200)
+    tags: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RunCreate:
+        if self.preset is not None and self.config is not None:
+            raise ValueError("give either preset or config, not both")
+        return self
+
+
+class RunPublic(_Out):
+    id: int
+    kind: RunKind
+    status: RunStatus
+    name: str
+    tags: list[str]
+    preset: str | None
+    config: dict[str, Any]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    heartbeat_at: datetime | None
+    worker: str | None
+    step: int
+    total_steps: int
+    progress: float
+    error: str | None
+    attempt: int
+    cancel_requested: bool
+    parent_run_id: int | None
+    checkpoint_id: int | None
+    comparison_id: int | None
+    variant: str | None
+
+
+class RunsPublic(BaseModel):
+    data: list[RunPublic]
+    count: int = Field(description="Number of runs in this page.")
+    next_cursor: str | None = Field(None, description="Pass as `cursor` for the next page; null on the last page.")
+
+
+class RunEventPublic(_Out):
+    id: int
+    time: datetime
+    level: str
+    message: str
+
+
+class EvaluateCreate(BaseModel):
+    """Evaluate one of the run's checkpoints, or the base model when checkpoint_id is null."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint_id: int | None = Field(None, description="A checkpoint of this run; null = the base model.")
+    overrides: dict[str, Any] = Field(
+        default_factory=dict, description="EvalConfig fields, e.g. {'num_prompts': 8, 'samples_per_prompt': 2}."
+    )
+    name: str = Field("", max_length=200)
+
+
+# --- metrics ---
+class Series(BaseModel):
+    """One downsampled series as parallel lists, one entry per bucket (`steps` = each bucket's last step).
+
+    Buckets have the same width for every series of one request, so series of several runs line up.
+    NaN values travel as null.
+    """
+
+    run_id: int
+    key: str
+    steps: list[int]
+    last: list[float | None]
+    min: list[float | None]
+    max: list[float | None]
+
+
+class MetricsPublic(BaseModel):
+    data: list[Series]
+
+
+class MetricSummary(BaseModel):
+    final_step: int
+    final: float | None
+    best_step: int
+    best: float | None
+
+
+class RunSummary(BaseModel):
+    run_id: int
+    name: str
+    variant: str | None
+    status: RunStatus
+    step: int
+    total_steps: int
+    duration_s: float | None = Field(None, description="Wall time from start to finish (or to now while running).")
+    metrics: dict[str, MetricSummary] = Field(description="key -> final and best (best = max for rewards, else min).")
+
+
+class SummariesPublic(BaseModel):
+    data: list[RunSummary]
+
+
+# --- samples and checkpoints ---
+class SamplePublic(_Out):
+    id: int
+    run_id: int
+    step: int
+    prompt: str
+    seed: int
+    index: int
+    rewards: dict[str, Any]
+    created_at: datetime
+
+
+class CheckpointPublic(_Out):
+    id: int
+    run_id: int
+    step: int
+    created_at: datetime
+
+
+# --- comparisons ---
+class ComparisonCreate(BaseModel):
+    """One base config (a preset or a full config, plus overrides) run as named variants with the same seeds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("", max_length=200)
+    preset: str | None = None
+    config: TrainConfig | None = None
+    overrides: dict[str, Any] = Field(default_factory=dict, description="Applied to the base before each variant.")
+    variants: dict[str, dict[str, Any]] = Field(
+        min_length=1,
+        description="Variant name -> overrides, e.g. {'clip': {'loss': 'clip'}, 'dppo': {'loss': 'dppo'}}.",
+    )
+    tags: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ComparisonCreate:
+        if self.preset is not None and self.config is not None:
+            raise ValueError("give either preset or config, not both")
+        return self
+
+
+class ComparisonPublic(_Out):
+    id: int
+    name: str
+    base_config: dict[str, Any]
+    variants: list[dict[str, Any]]
+    created_at: datetime
+    runs: list[RunPublic] = Field(default_factory=list)
+
+
+class ComparisonsPublic(BaseModel):
+    data: list[ComparisonPublic]
+    count: int
+
+
+class AlignedSeries(BaseModel):
+    """One metric of every run of a comparison on the steps they all have (same bucket width for all runs)."""
+
+    key: str
+    steps: list[int]
+    values: dict[int, list[float | None]] = Field(description="run_id -> values aligned with `steps` (NaN = null).")
+
+
+class ComparisonAligned(BaseModel):
+    comparison: ComparisonPublic
+    series: list[AlignedSeries]
+
+
+# --- presets ---
+class PresetPublic(BaseModel):
+    name: str
+    config: dict[str, Any]
+
+
+# --- reviews ---
+class ReviewPair(BaseModel):
+    """Two samples with the same prompt and seed from two runs, sides randomised; the runs stay hidden."""
+
+    left_sample_id: int
+    right_sample_id: int
+    prompt: str
+    seed: int
+
+
+class VoteCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    left_sample_id: int
+    right_sample_id: int
+    choice: VoteChoice
+    reviewer: str = Field("anonymous", max_length=200)
+
+
+class VotePublic(_Out):
+    id: int
+    reviewer: str
+    left_sample_id: int
+    right_sample_id: int
+    choice: VoteChoice
+    created_at: datetime
+
+
+class WinRate(BaseModel):
+    """Run `run_id` against `opponent_id` in blind votes; a tie counts half a win."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    run_id: int
+    opponent_id: int
+    wins: int
+    losses: int
+    ties: int
+    n: int
+    win_rate: float | None
+    ci_low: float | None = Field(None, description="95% Wilson interval, lower bound.")
+    ci_high: float | None = Field(None, description="95% Wilson interval, upper bound.")
+
+
+# --- teams, workers, health ---
+class TeamPublic(_Out):
+    id: int
+    name: str
+    created_at: datetime
+
+
+class TeamCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=128)
+    admin: bool = False
+
+
+class TokenCreated(BaseModel):
+    team: TeamPublic
+    token: str = Field(description="The bearer token; shown once, only its hash is stored.")
+    is_admin: bool
+
+
+class WorkerPublic(BaseModel):
+    name: str
+    active_run_ids: list[int] = Field(default_factory=list)
+    queues: list[str] = Field(default_factory=list)
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded"]
+    database: bool
+    version: str
+
+
+class Message(BaseModel):
+    message: str

@@ -1,0 +1,102 @@
+"""Comparisons: one base config submitted as named variants with the same seeds, read back aligned."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from api.schemas import (
+    AlignedSeries,
+    ComparisonAligned,
+    ComparisonCreate,
+    ComparisonPublic,
+    ComparisonsPublic,
+    RunPublic,
+)
+from api.services.configs import apply_overrides, resolve_train_config
+from api.services.errors import InvalidConfigError, NotFoundError
+from api.services.metrics import read_metrics
+from api.services.queue import TaskQueue
+from api.services.runs import enqueue
+from store import comparisons as store_comparisons
+from store.models import Comparison, Run
+from trainer.config import TrainConfig
+
+# What the dashboard's "clip vs dppo pair" button and `flowdppo up --demo` submit.
+CLIP_VS_DPPO = {"clip": {"loss": "clip"}, "dppo": {"loss": "dppo"}}
+
+
+def create_comparison(session: Session, *, queue: TaskQueue, team_id: int, body: ComparisonCreate) -> ComparisonPublic:
+    """Validate the base and every variant (all errors at once), store them in one transaction, then enqueue."""
+    base = resolve_train_config(preset=body.preset, config=body.config, overrides=body.overrides)
+    configs: dict[str, TrainConfig] = {}
+    errors: list[dict[str, Any]] = []
+    for name, overrides in body.variants.items():
+        try:
+            configs[name] = apply_overrides(base, overrides, loc=("body", "variants", name))
+        except InvalidConfigError as err:
+            errors.extend(err.errors)
+    if errors:
+        raise InvalidConfigError(errors)
+    variants = [
+        store_comparisons.VariantRun(name=name, config=config.model_dump(mode="json"), overrides=body.variants[name])
+        for name, config in configs.items()
+    ]
+    comparison, runs = store_comparisons.create_comparison(
+        session, team_id=team_id, name=body.name or body.preset or "comparison",
+        base_config=base.model_dump(mode="json"), variants=variants, tags=body.tags, preset=body.preset,
+    )  # fmt: skip
+    for run in runs:  # after the commit: a worker re-reads the run by id
+        enqueue(session, queue=queue, run=run)
+    return _public(comparison, runs)
+
+
+def _owned(session: Session, *, team_id: int, comparison_id: int) -> Comparison:
+    comparison = store_comparisons.get_comparison(session, comparison_id=comparison_id, team_id=team_id)
+    if comparison is None:
+        raise NotFoundError(f"comparison {comparison_id} not found")
+    return comparison
+
+
+def _public(comparison: Comparison, runs: Sequence[Run]) -> ComparisonPublic:
+    out = ComparisonPublic.model_validate(comparison)
+    out.runs = [RunPublic.model_validate(r) for r in runs]
+    return out
+
+
+def get_comparison(session: Session, *, team_id: int, comparison_id: int) -> ComparisonPublic:
+    comparison = _owned(session, team_id=team_id, comparison_id=comparison_id)
+    return _public(comparison, store_comparisons.comparison_runs(session, comparison_id=comparison.id))
+
+
+def list_comparisons(session: Session, *, team_id: int, limit: int = 100) -> ComparisonsPublic:
+    rows = store_comparisons.list_comparisons(session, team_id=team_id, limit=limit)
+    data = [_public(c, store_comparisons.comparison_runs(session, comparison_id=c.id)) for c in rows]
+    return ComparisonsPublic(data=data, count=len(data))
+
+
+def aligned(
+    session: Session,
+    *,
+    team_id: int,
+    comparison_id: int,
+    keys: Sequence[str] | None = None,
+    step_min: int | None = None,
+    step_max: int | None = None,
+    max_points: int = 500,
+) -> ComparisonAligned:
+    """The comparison's runs and, per key, their values on the steps every run has (one shared bucket width)."""
+    comparison = _owned(session, team_id=team_id, comparison_id=comparison_id)
+    runs = store_comparisons.comparison_runs(session, comparison_id=comparison.id)
+    metrics = read_metrics(session, runs=runs, keys=keys, step_min=step_min, step_max=step_max, max_points=max_points)
+    by_key: dict[str, dict[int, dict[int, float | None]]] = {}
+    for s in metrics.data:
+        by_key.setdefault(s.key, {})[s.run_id] = dict(zip(s.steps, s.last, strict=True))
+    series = []
+    for key, per_run in by_key.items():
+        common = sorted(set.intersection(*(set(points) for points in per_run.values()))) if per_run else []
+        values = {run_id: [points[step] for step in common] for run_id, points in per_run.items()}
+        series.append(AlignedSeries(key=key, steps=common, values=values))
+    return ComparisonAligned(comparison=_public(comparison, runs), series=series)

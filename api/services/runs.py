@@ -1,0 +1,116 @@
+"""Runs: validate -> store -> commit -> enqueue; list, get, cancel, delete, evaluate (platform.md "Job semantics")."""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from api.schemas import EvaluateCreate, RunCreate, RunEventPublic, RunPublic, RunsPublic
+from api.services.configs import resolve_eval_config, resolve_train_config
+from api.services.errors import ConflictError, InvalidConfigError, NotFoundError, ServiceError
+from api.services.queue import TaskQueue
+from store import checkpoints as store_checkpoints
+from store import runs as store_runs
+from store.models import Run
+from trainer.config import TrainConfig
+
+
+def get_owned_run(session: Session, *, team_id: int, run_id: int) -> Run:
+    """The ownership check, written once: another team's run is indistinguishable from a missing one."""
+    run = store_runs.get_run(session, run_id=run_id, team_id=team_id)
+    if run is None:
+        raise NotFoundError(f"run {run_id} not found")
+    return run
+
+
+def create_run(session: Session, *, queue: TaskQueue, team_id: int, body: RunCreate) -> RunPublic:
+    """Validate the config (InvalidConfigError names the field), store the run, commit, and only then enqueue."""
+    config = resolve_train_config(preset=body.preset, config=body.config, overrides=body.overrides)
+    run = store_runs.create_run(
+        session, team_id=team_id, config=config.model_dump(mode="json"), kind="train",
+        name=body.name or body.preset or "", tags=body.tags, preset=body.preset,
+    )  # fmt: skip
+    enqueue(session, queue=queue, run=run)
+    return RunPublic.model_validate(run)
+
+
+def enqueue(session: Session, *, queue: TaskQueue, run: Run) -> None:
+    """Send the committed run's job; if the broker refuses, the run fails visibly instead of staying queued."""
+    try:
+        queue.enqueue_run(run_id=run.id, kind=run.kind)
+    except ServiceError as err:
+        store_runs.finish_run(session, run_id=run.id, status="failed", error=err.message)
+        raise
+
+
+def list_runs(
+    session: Session,
+    *,
+    team_id: int,
+    status: str | None = None,
+    kind: str | None = None,
+    tag: str | None = None,
+    comparison_id: int | None = None,
+    parent_run_id: int | None = None,
+    cursor: str | None = None,
+    limit: int = 50,
+) -> RunsPublic:
+    """Newest first, one page; pass `next_cursor` back as `cursor` for the next one."""
+    try:
+        rows, next_cursor = store_runs.list_runs(
+            session, team_id=team_id, status=status, kind=kind, tag=tag, comparison_id=comparison_id,
+            parent_run_id=parent_run_id, cursor=cursor, limit=limit,
+        )  # fmt: skip
+    except ValueError as err:  # a forged cursor or an unknown status
+        raise InvalidConfigError(
+            [{"loc": ["query"], "msg": str(err), "type": "value_error", "input": cursor}]
+        ) from err
+    data = [RunPublic.model_validate(r) for r in rows]
+    return RunsPublic(data=data, count=len(data), next_cursor=next_cursor)
+
+
+def get_run(session: Session, *, team_id: int, run_id: int) -> RunPublic:
+    return RunPublic.model_validate(get_owned_run(session, team_id=team_id, run_id=run_id))
+
+
+def cancel_run(session: Session, *, run: Run) -> RunPublic:
+    """A queued run is cancelled at once (its job is skipped); a running one stops after its current step."""
+    updated = store_runs.request_cancel(session, run_id=run.id, team_id=run.team_id)
+    if updated is None:
+        raise NotFoundError(f"run {run.id} not found")
+    return RunPublic.model_validate(updated)
+
+
+def delete_run(session: Session, *, run: Run, data_dir: str) -> None:
+    """Delete a finished or queued run with its evaluations and files; a running run must be cancelled first."""
+    if run.status == "queued":
+        store_runs.request_cancel(session, run_id=run.id)  # its job, if delivered later, finds no run and skips
+    try:
+        store_runs.delete_run(session, run_id=run.id, data_dir=data_dir, team_id=run.team_id)
+    except store_runs.RunActiveError as err:
+        raise ConflictError(str(err)) from err
+
+
+def list_events(session: Session, *, run: Run, after_id: int | None = None) -> list[RunEventPublic]:
+    return [
+        RunEventPublic.model_validate(e) for e in store_runs.list_events(session, run_id=run.id, after_id=after_id)
+    ]
+
+
+def evaluate(session: Session, *, queue: TaskQueue, run: Run, body: EvaluateCreate) -> RunPublic:
+    """An eval run (kind 'eval', parent_run_id = run) of one of the run's checkpoints, or of the base model."""
+    if run.kind != "train":
+        raise ConflictError(f"run {run.id} is an evaluation; evaluate its parent run {run.parent_run_id} instead")
+    if body.checkpoint_id is not None:
+        checkpoint = store_checkpoints.get_checkpoint(session, checkpoint_id=body.checkpoint_id)
+        if checkpoint is None or checkpoint.run_id != run.id:
+            raise NotFoundError(f"checkpoint {body.checkpoint_id} not found in run {run.id}")
+    train = TrainConfig.model_validate(run.config)
+    config = resolve_eval_config(train=train, overrides=body.overrides, loc=("body", "overrides"))
+    target = f"checkpoint {body.checkpoint_id}" if body.checkpoint_id is not None else "base model"
+    eval_run = store_runs.create_run(
+        session, team_id=run.team_id, config=config.model_dump(mode="json"), kind="eval",
+        name=body.name or f"eval of run {run.id} ({target})", tags=list(run.tags), parent_run_id=run.id,
+        checkpoint_id=body.checkpoint_id, comparison_id=None,
+    )  # fmt: skip
+    enqueue(session, queue=queue, run=eval_run)
+    return RunPublic.model_validate(eval_run)

@@ -1,0 +1,60 @@
+"""Who is calling: bearer tokens to a team (tokens are stored hashed by store.teams), admin-only team creation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from api.schemas import TeamPublic, TokenCreated
+from api.services.errors import ConflictError
+from store import teams as store_teams
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated caller: a team, through one of its tokens."""
+
+    team_id: int
+    team_name: str
+    is_admin: bool = False
+
+
+def authenticate(session: Session, *, token: str) -> Principal | None:
+    """The caller behind a bearer token, or None when it is unknown, malformed or revoked."""
+    row = store_teams.authenticate_token(session, plaintext=token)
+    if row is None:
+        return None
+    return Principal(team_id=row.team_id, team_name=row.team.name, is_admin=row.is_admin)
+
+
+def principal_for_team(session: Session, *, name: str) -> Principal | None:
+    """A principal for a team by name (the embedded dashboard acts as the local team)."""
+    team = store_teams.get_team_by_name(session, name=name)
+    return None if team is None else Principal(team_id=team.id, team_name=team.name)
+
+
+def create_team_with_token(session: Session, *, name: str, admin: bool = False) -> TokenCreated:
+    """A new team and its first token (admin callers only; the route checks)."""
+    if store_teams.get_team_by_name(session, name=name) is not None:
+        raise ConflictError(f"team {name!r} already exists")
+    team = store_teams.create_team(session, name=name)
+    row, plaintext = store_teams.create_token(session, team_id=team.id, name="initial", is_admin=admin)
+    return TokenCreated(team=TeamPublic.model_validate(team), token=plaintext, is_admin=row.is_admin)
+
+
+def create_token(session: Session, *, team_name: str, admin: bool = False, create_team: bool = True) -> TokenCreated:
+    """A token for a team, creating the team if needed (the `flowdppo token create` command and `flowdppo up`)."""
+    team = store_teams.get_team_by_name(session, name=team_name)
+    if team is None:
+        if not create_team:
+            raise ConflictError(f"no team {team_name!r}")
+        team = store_teams.create_team(session, name=team_name)
+    row, plaintext = store_teams.create_token(session, team_id=team.id, name="cli", is_admin=admin)
+    return TokenCreated(team=TeamPublic.model_validate(team), token=plaintext, is_admin=row.is_admin)
+
+
+def get_team(session: Session, *, team_id: int) -> TeamPublic:
+    team = store_teams.get_team(session, team_id=team_id)
+    assert team is not None, "an authenticated principal's team exists (cascade deletes its tokens)"
+    return TeamPublic.model_validate(team)
