@@ -3,22 +3,23 @@
 Registers "shapes" (mean of the three sub-scores) and "shapes_color", "shapes_shape", "shapes_position" (each alone,
 for multi-objective GDPO runs and as monitors; spec §5). The method, all vectorised torch on the images' device:
 
-1. Object mask. Brightness is the max over RGB (every palette colour has a channel at 1, the background is black);
-   the background level (median pixel, per channel) is subtracted first. A pixel's weight w in [0, 1] ramps with its brightness and
-   with its 3x3 neighbourhood's mean, so isolated noise pixels do not count while the outline stays sharp.
+1. Object mask. The background level (median pixel, per channel) is subtracted; brightness is then the max over
+   RGB (every palette colour has a channel at 1). A pixel's weight w in [0, 1] ramps with its brightness and with
+   its 3x3 neighbourhood's mean, so isolated noise pixels do not count while the outline stays sharp.
 2. Presence gate. The object's area (sum of w, fraction of the image) must be plausible and its mass compact:
    compactness = area / (2·pi·(var_x + var_y)) is 1 for a disc, 0.96 for a square, 0.82 for our triangle and about
-   0.95·area for anything spread over the frame (noise, full-frame colour). Every sub-score is multiplied by the
-   gate, so a blank, noisy or full-frame image earns no credit at all.
+   0.95·area for anything spread over the frame (noise). Every sub-score is multiplied by the gate, so a blank,
+   noisy or full-frame image earns no credit at all.
 3. Colour: the w-weighted fraction of object pixels whose chromaticity rgb / max(rgb) is nearest the target colour
    (white is a rejecting prototype, so a grey blob matches nothing).
 4. Position: distance of the w-centroid to the target centre; full credit within 0.1 of the side, none beyond 0.22
    (the nearest wrong position is 0.35 away).
-5. Shape: two blur-robust moment invariants of the mask, taken within a window around the centroid so far-off noise
-   cannot dominate: the fourth-moment isotropy (m40 + m04) / (6·m22) (1 for a disc, 0.6 for an axis-aligned
-   square) and the vertical skewness m03 / m02^1.5 (0 for disc and square, -0.57 for an upward triangle). These map
-   to a plane where square = (0, 0), circle = (1, 0), triangle = (1, 1); credit is full within 0.35 of the target's
-   prototype and zero beyond 0.65. No softmax over shapes: credit is absolute, never relative to the other shapes.
+5. Shape: two blur-robust moment invariants of the object, taken within a window around the centroid so far-off
+   noise cannot dominate: the fourth-moment isotropy (m40 + m04) / (6·m22) (1 for a disc, 0.6 for an axis-aligned
+   square: the corners) and the vertical skewness m03 / m02^1.5 (0 for disc and square, -0.57 for the upward
+   triangle). Circle = round and symmetric, square = cornered and symmetric, triangle = round and pointed, each cue a
+   linear ramp with margin on both sides. There is no softmax over shapes: credit is absolute, so a shapeless or
+   absent object cannot earn it by elimination.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def _centre(
 
 
 def _targets(prompts: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Target index into COLORS (B,), index into SHAPES (B,) and centre (B, 2) of each prompt; ValueError names a bad one."""
+    """Target index into COLORS (B,), into SHAPES (B,) and centre (B, 2) per prompt; ValueError names a bad prompt."""
     specs = [parse_prompt(p) for p in prompts]
     color = torch.tensor([list(COLORS).index(s.color) for s in specs], dtype=torch.long, device=device)
     shape = torch.tensor([SHAPES.index(s.shape) for s in specs], dtype=torch.long, device=device)
