@@ -24,6 +24,12 @@ from trainer.models.base import FlowModel, PromptEmbeds
 logger = logging.getLogger(__name__)
 
 MIXED_PRECISION_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+try:  # diffusers >= 0.36 takes `dtype=` and warns on `torch_dtype=`; older versions only know `torch_dtype=`
+    from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
+
+    _DIFFUSERS_TAKES_DTYPE = True
+except ImportError:
+    _DIFFUSERS_TAKES_DTYPE = False
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")  # "org/name", the only form of a hub id
 
 
@@ -64,6 +70,8 @@ def pretrained_kwargs(model_path: str | None, family: str, example: str) -> dict
 def from_pretrained(pipeline_cls: type, model_path: str | None, family: str, example: str, **kwargs: Any) -> Any:
     """`pipeline_cls.from_pretrained` with `pretrained_kwargs` and an error that says how to provide the weights."""
     load_kwargs = pretrained_kwargs(model_path, family, example)
+    if "torch_dtype" in kwargs and _DIFFUSERS_TAKES_DTYPE:  # newer diffusers renamed torch_dtype -> dtype
+        kwargs["dtype"] = kwargs.pop("torch_dtype")
     try:
         return pipeline_cls.from_pretrained(**load_kwargs, **kwargs)
     except OSError as err:  # diffusers/huggingface_hub raise OSError subclasses for missing files and no network

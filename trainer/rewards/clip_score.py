@@ -78,6 +78,8 @@ class ClipBackbone:
         batch_size: int = 32,
         dtype: str = "float32",
     ):
+        import transformers
+        from packaging.version import Version
         from transformers import AutoTokenizer, CLIPModel
 
         if batch_size < 1:
@@ -85,10 +87,20 @@ class ClipBackbone:
         self.device = torch.device(device)
         self.dtype = _DTYPES[dtype]
         self.batch_size = batch_size
-        self.model = CLIPModel.from_pretrained(Path(path).expanduser(), local_files_only=True, torch_dtype=self.dtype)
+        # transformers >= 4.56 takes `dtype=`, older versions `torch_dtype=`
+        dtype_key = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+        self.model = CLIPModel.from_pretrained(
+            Path(path).expanduser(), local_files_only=True, **{dtype_key: self.dtype}
+        )
         self.model.to(self.device).eval().requires_grad_(False)
         processor_dir = Path(processor_path or path).expanduser()
-        self.tokenizer = AutoTokenizer.from_pretrained(processor_dir, local_files_only=True)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(processor_dir, local_files_only=True)
+        except (OSError, ValueError) as err:
+            raise FileNotFoundError(
+                f"no CLIP tokenizer in {str(processor_dir)!r} ({err}); PickScore/HPSv2 keep theirs in "
+                f"laion/CLIP-ViT-H-14-laion2B-s32B-b79K: pass that directory as options {{'processor_path': ...}}"
+            ) from err
         self.max_length = min(self.tokenizer.model_max_length, self.model.config.text_config.max_position_embeddings)
         pre = _image_processor_config(processor_dir, self.model.config.vision_config.image_size)
         self.size, self.crop = pre["size"], pre["crop"]
