@@ -1,0 +1,1 @@
+"""The database schema, its migrations, the CRUD functions and the artifact files (spec platform.md "store/")."""

@@ -1,0 +1,80 @@
+"""Engines and sessions from a URL: SQLite (embedded, WAL, shared by API and worker processes) or PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def make_engine(url: str, *, echo: bool = False, **kwargs: Any) -> Engine:
+    """An engine for `url`. SQLite gets WAL, a busy timeout, foreign keys and write-ahead transactions.
+
+    SQLite transactions start with BEGIN IMMEDIATE: the API and the worker write the same file from different
+    processes, and a deferred transaction that reads and then writes can fail with SQLITE_BUSY at once instead of
+    waiting; taking the write lock up front makes every writer wait its turn under the busy timeout.
+    """
+    sa_url = make_url(url)
+    if sa_url.get_backend_name() != "sqlite":
+        kwargs.setdefault("pool_pre_ping", True)
+        return create_engine(sa_url, echo=echo, **kwargs)
+
+    connect_args = {
+        "check_same_thread": False,
+        "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000,
+        **kwargs.pop("connect_args", {}),
+    }
+    engine = create_engine(sa_url, echo=echo, connect_args=connect_args, **kwargs)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # let SQLAlchemy (below) emit BEGIN, not the sqlite3 module
+        cursor = dbapi_conn.cursor()
+        if sa_url.database and sa_url.database != ":memory:":
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def make_sessionmaker(engine_or_url: Engine | str) -> sessionmaker[Session]:
+    """A session factory; objects stay usable after commit (expire_on_commit=False) so callers can return them."""
+    engine = make_engine(engine_or_url) if isinstance(engine_or_url, str) else engine_or_url
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+@contextmanager
+def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """`with session_scope(factory) as session:` commits on success, rolls back on error."""
+    with factory() as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+
+def default_database_url(data_dir: str | Path) -> str:
+    """The embedded default: a SQLite file in the data folder (absolute, so every process finds the same file)."""
+    return f"sqlite:///{Path(data_dir).expanduser().resolve() / 'flowdppo.db'}"
+
+
+def database_url_from_env() -> str:
+    """DATABASE_URL, else the SQLite file under DATA_DIR (default ./data): the names api and worker settings read."""
+    return os.environ.get("DATABASE_URL") or default_database_url(os.environ.get("DATA_DIR", "./data"))
