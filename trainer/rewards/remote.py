@@ -148,7 +148,7 @@ class RemoteReward:
                     "remote reward %s: %s; retry %d/%d in %.1fs", self.url, problem, attempt + 1, self.retries, delay
                 )
                 time.sleep(delay)
-        raise RemoteRewardError(f"remote reward {self.url}: {problem} after {self.retries + 1} attempts")
+        raise RemoteRewardError(f"remote reward {self.url}: failed {self.retries + 1} attempts, last: {problem}")
 
     def close(self) -> None:
         self.client.close()
