@@ -30,7 +30,9 @@ def get_session(services: ServicesDep) -> Iterator[Session]:
         yield session
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": the session (and on SQLite its write lock, see store.session) is released as soon as the
+# handler returns, before a streamed response (live metrics, checkpoint download) starts.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 def get_current_team(
