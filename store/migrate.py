@@ -7,6 +7,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import inspect
+from sqlalchemy.engine import make_url
 
 from store.session import make_engine
 
@@ -34,7 +35,11 @@ def upgrade(url: str, revision: str = "head") -> None:
 
 
 def current_revision(url: str) -> str | None:
-    """The database's Alembic revision, or None for an empty database."""
+    """The database's Alembic revision, or None for an empty (or missing SQLite) database."""
+    sa_url = make_url(url)
+    if sa_url.get_backend_name() == "sqlite" and sa_url.database not in (None, "", ":memory:"):
+        if not Path(sa_url.database).expanduser().is_file():
+            return None
     engine = make_engine(url)
     try:
         with engine.connect() as connection:
@@ -46,8 +51,6 @@ def current_revision(url: str) -> str | None:
 
 
 def _ensure_sqlite_folder(url: str) -> None:
-    from sqlalchemy.engine import make_url
-
     sa_url = make_url(url)
     if sa_url.get_backend_name() == "sqlite" and sa_url.database and sa_url.database != ":memory:":
         Path(sa_url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, or_, select, text, type_coerce, update
+from sqlalchemy import ColumnElement, and_, delete, func, or_, select, text, type_coerce, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
@@ -196,7 +196,7 @@ def claim_run(session: Session, *, run_id: int, worker: str, stale_after: timede
         update(Run)
         .where(Run.id == run_id, may_start, Run.cancel_requested.is_(False))
         .values(status="running", worker=worker, heartbeat_at=now, started_at=func.coalesce(Run.started_at, now))
-        .execution_options(synchronize_session=False)
+        .execution_options(synchronize_session="fetch")
     )
     if result.rowcount != 1:
         session.rollback()
@@ -221,7 +221,7 @@ def heartbeat(
         .where(Run.id == run_id, Run.status == "running", Run.attempt == attempt)
         .values(**values)
         .returning(Run.cancel_requested)
-        .execution_options(synchronize_session=False)
+        .execution_options(synchronize_session="fetch")
     ).first()
     session.commit()
     if row is None:
@@ -250,7 +250,7 @@ def finish_run(
     values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "error": error}
     if status == "succeeded":
         values["progress"] = 1.0
-    result = session.execute(update(Run).where(*where).values(**values).execution_options(synchronize_session=False))
+    result = session.execute(update(Run).where(*where).values(**values).execution_options(synchronize_session="fetch"))
     if result.rowcount != 1:
         session.rollback()
         return False
@@ -273,7 +273,7 @@ def request_cancel(session: Session, *, run_id: int, team_id: int | None = None)
         update(Run)
         .where(Run.id == run_id, Run.status == "queued")
         .values(status="cancelled", cancel_requested=True, finished_at=now)
-        .execution_options(synchronize_session=False)
+        .execution_options(synchronize_session="fetch")
     )
     if queued.rowcount == 1:
         add_event(session, run_id=run_id, message="cancelled before start", commit=False)
@@ -282,7 +282,7 @@ def request_cancel(session: Session, *, run_id: int, team_id: int | None = None)
             update(Run)
             .where(Run.id == run_id, Run.status == "running", Run.cancel_requested.is_(False))
             .values(cancel_requested=True)
-            .execution_options(synchronize_session=False)
+            .execution_options(synchronize_session="fetch")
         )
         if running.rowcount == 1:
             add_event(session, run_id=run_id, message="cancel requested", commit=False)
@@ -299,8 +299,10 @@ def delete_run(session: Session, *, run_id: int, data_dir: Path | str, team_id: 
     if any(r.status == "running" for r in [run, *children]):
         raise RunActiveError(f"run {run_id} (or one of its evaluations) is running; cancel it first")
     doomed = [run.id, *(c.id for c in children)]
-    for r in [*children, run]:
-        session.delete(r)
+    # One DELETE; the database cascades to events, metrics, samples, checkpoints and votes (ON DELETE CASCADE).
+    session.execute(delete(Run).where(Run.id.in_(doomed)).execution_options(synchronize_session=False))
+    for r in [run, *children]:
+        session.expunge(r)
     session.commit()  # rows go first: a failure deleting files must not leave rows pointing at nothing
     for doomed_id in doomed:
         artifacts.delete_run_artifacts(data_dir, doomed_id)
@@ -334,7 +336,7 @@ def requeue_run(session: Session, *, run_id: int, attempt: int, reason: str) -> 
     else:
         values = {"status": "failed", "finished_at": utcnow(), "error": f"{reason}; gave up after {attempt} attempts"}
         message = f"lost ({reason}); failed after {attempt}/{run.max_attempts} attempts"
-    result = session.execute(base.values(**values).execution_options(synchronize_session=False))
+    result = session.execute(base.values(**values).execution_options(synchronize_session="fetch"))
     if result.rowcount != 1:
         session.rollback()
         return None

@@ -1,0 +1,164 @@
+"""Runs: creation, team scoping, filters and pagination, and the race-free state changes of job semantics."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from store import artifacts, checkpoints, metrics, runs, teams
+from store.models import Run, utcnow
+
+STALE = timedelta(seconds=60)
+
+
+@pytest.fixture
+def team(session):
+    return teams.create_team(session, name="team")
+
+
+def _run(session, team, **kw):
+    return runs.create_run(session, team_id=team.id, config={"steps": 5, "loss": "dppo"}, **kw)
+
+
+def test_create_get_and_team_scoping(session, team):
+    other = teams.create_team(session, name="other")
+    run = _run(session, team, name="a", tags=["x"], preset="shapes-dppo")
+    assert (run.status, run.kind, run.total_steps, run.attempt, run.progress) == ("queued", "train", 5, 1, 0.0)
+    assert run.created_at.tzinfo is not None
+    assert runs.get_run(session, run_id=run.id, team_id=team.id).name == "a"
+    assert runs.get_run(session, run_id=run.id, team_id=other.id) is None
+    assert runs.get_run(session, run_id=run.id) is not None  # internal callers
+    assert [e.message for e in runs.list_events(session, run_id=run.id)] == ["queued (train)"]
+    with pytest.raises(ValueError, match="kind"):
+        runs.create_run(session, team_id=team.id, config={}, kind="bogus")
+
+
+def test_list_filters_and_cursor_pagination(session, team):
+    other = teams.create_team(session, name="other")
+    made = [_run(session, team, tags=["even"] if i % 2 == 0 else ["odd", "x"]) for i in range(7)]
+    _run(session, other, tags=["even"])
+    evaluation = _run(session, team, kind="eval", parent_run_id=made[0].id)
+    runs.request_cancel(session, run_id=made[1].id)
+
+    page, cursor, seen = *runs.list_runs(session, team_id=team.id, kind="train", limit=3), []
+    seen += [r.id for r in page]
+    while cursor:
+        page, cursor = runs.list_runs(session, team_id=team.id, kind="train", cursor=cursor, limit=3)
+        seen += [r.id for r in page]
+    assert seen == sorted((r.id for r in made), reverse=True)  # newest first, nothing missing or repeated
+
+    evens, _ = runs.list_runs(session, team_id=team.id, tag="even", kind="train")
+    assert {r.id for r in evens} == {made[i].id for i in (0, 2, 4, 6)}
+    assert runs.count_runs(session, team_id=team.id, tag="odd") == 3
+    cancelled, _ = runs.list_runs(session, team_id=team.id, status="cancelled")
+    assert [r.id for r in cancelled] == [made[1].id]
+    assert runs.count_runs(session, team_id=team.id, status=["queued", "cancelled"]) == 8
+    children, _ = runs.list_runs(session, team_id=team.id, parent_run_id=made[0].id)
+    assert [r.id for r in children] == [evaluation.id]
+    with pytest.raises(ValueError):
+        runs.list_runs(session, team_id=team.id, cursor="not-a-cursor")
+    with pytest.raises(ValueError):
+        runs.list_runs(session, team_id=team.id, status="bogus")
+
+
+def test_claim_heartbeat_finish(session, team):
+    run = _run(session, team)
+    claimed = runs.claim_run(session, run_id=run.id, worker="w1@host", stale_after=STALE)
+    assert (claimed.status, claimed.worker) == ("running", "w1@host") and claimed.started_at is not None
+    # a second worker with a fresh heartbeat in place gets nothing; the same worker (a redelivery) may re-claim
+    assert runs.claim_run(session, run_id=run.id, worker="w2@host", stale_after=STALE) is None
+    assert runs.claim_run(session, run_id=run.id, worker="w1@host", stale_after=STALE) is not None
+
+    beat = runs.heartbeat(session, run_id=run.id, attempt=1, step=2, progress=0.4)
+    assert beat.owned and not beat.cancel_requested and not beat.should_stop
+    refreshed = runs.get_run(session, run_id=run.id)
+    assert (refreshed.step, refreshed.progress) == (2, 0.4)
+    assert not runs.heartbeat(session, run_id=run.id, attempt=2).owned  # another attempt's worker is fenced off
+
+    assert runs.finish_run(session, run_id=run.id, status="succeeded", attempt=1)
+    assert not runs.finish_run(session, run_id=run.id, status="failed", error="late")  # first final status wins
+    done = runs.get_run(session, run_id=run.id)
+    assert (done.status, done.progress, done.error) == ("succeeded", 1.0, None) and done.finished_at is not None
+    assert runs.claim_run(session, run_id=run.id, worker="w1@host", stale_after=STALE) is None
+    with pytest.raises(ValueError):
+        runs.finish_run(session, run_id=run.id, status="running")
+
+
+def test_stale_running_run_can_be_claimed_by_another_worker(session, team):
+    run = _run(session, team)
+    runs.claim_run(session, run_id=run.id, worker="w1", stale_after=STALE)
+    session.query(Run).filter_by(id=run.id).update({"heartbeat_at": utcnow() - timedelta(minutes=5)})
+    session.commit()
+    assert runs.claim_run(session, run_id=run.id, worker="w2", stale_after=STALE).worker == "w2"
+
+
+def test_cancel_queued_never_starts_and_running_gets_flag(session, team):
+    queued = _run(session, team)
+    cancelled = runs.request_cancel(session, run_id=queued.id)
+    assert cancelled.status == "cancelled" and cancelled.finished_at is not None
+    assert runs.claim_run(session, run_id=queued.id, worker="w", stale_after=STALE) is None
+
+    running = _run(session, team)
+    runs.claim_run(session, run_id=running.id, worker="w", stale_after=STALE)
+    assert not runs.is_cancel_requested(session, run_id=running.id)
+    after = runs.request_cancel(session, run_id=running.id)
+    assert after.status == "running" and after.cancel_requested
+    assert runs.is_cancel_requested(session, run_id=running.id)
+    assert runs.heartbeat(session, run_id=running.id, attempt=1).should_stop
+
+    assert runs.request_cancel(session, run_id=running.id, team_id=team.id + 999) is None
+    assert runs.is_cancel_requested(session, run_id=123456)  # a deleted run must stop too
+
+
+def test_reaper_bookkeeping_requeues_then_fails(session, team):
+    run = _run(session, team, max_attempts=2)
+    runs.claim_run(session, run_id=run.id, worker="w", stale_after=STALE)
+    assert runs.find_stale_runs(session, older_than=STALE) == []
+    session.query(Run).filter_by(id=run.id).update({"heartbeat_at": utcnow() - timedelta(minutes=5)})
+    session.commit()
+    assert [r.id for r in runs.find_stale_runs(session, older_than=STALE)] == [run.id]
+
+    requeued = runs.requeue_run(session, run_id=run.id, attempt=1, reason="heartbeat lost")
+    assert (requeued.status, requeued.attempt, requeued.worker) == ("queued", 2, None)
+    assert runs.requeue_run(session, run_id=run.id, attempt=1, reason="again") is None  # a second reaper: no-op
+
+    runs.claim_run(session, run_id=run.id, worker="w2", stale_after=STALE)
+    failed = runs.requeue_run(session, run_id=run.id, attempt=2, reason="heartbeat lost")
+    assert failed.status == "failed" and "heartbeat lost" in failed.error and failed.finished_at is not None
+    levels = [(e.level, e.message) for e in runs.list_events(session, run_id=run.id)]
+    assert any(level == "warning" and "requeued" in m for level, m in levels)
+    assert levels[-1][0] == "error"
+
+
+def test_lost_run_with_pending_cancel_becomes_cancelled(session, team):
+    run = _run(session, team)
+    runs.claim_run(session, run_id=run.id, worker="w", stale_after=STALE)
+    runs.request_cancel(session, run_id=run.id)
+    assert runs.requeue_run(session, run_id=run.id, attempt=1, reason="lost").status == "cancelled"
+
+
+def test_delete_run_removes_rows_children_and_files(session, team, tmp_path):
+    run = _run(session, team)
+    child = _run(session, team, kind="eval", parent_run_id=run.id)
+    for r in (run, child):
+        (artifacts.run_dir(tmp_path, r.id) / "f.txt").write_text("x")
+    metrics.append_metrics(session, run_id=run.id, step=1, values={"a": 1.0})
+    ckpt = checkpoints.add_checkpoint(session, run_id=run.id, step=1, path=f"runs/{run.id}/checkpoints/step_000001")
+    runs.claim_run(session, run_id=child.id, worker="w", stale_after=STALE)
+    with pytest.raises(runs.RunActiveError):
+        runs.delete_run(session, run_id=run.id, data_dir=tmp_path)
+    runs.finish_run(session, run_id=child.id, status="failed", error="x")
+    assert not runs.delete_run(session, run_id=run.id, data_dir=tmp_path, team_id=team.id + 999)
+    assert runs.delete_run(session, run_id=run.id, data_dir=tmp_path, team_id=team.id)
+    session.expunge_all()
+    assert runs.get_run(session, run_id=run.id) is None and runs.get_run(session, run_id=child.id) is None
+    assert metrics.read_points(session, run_id=run.id) == []
+    assert checkpoints.get_checkpoint(session, checkpoint_id=ckpt.id) is None
+    assert not (tmp_path / "runs" / str(run.id)).exists() and not (tmp_path / "runs" / str(child.id)).exists()
+
+
+def test_active_runs(session, team):
+    a, _b = _run(session, team), _run(session, team)
+    runs.claim_run(session, run_id=a.id, worker="gpu0@h", stale_after=STALE)
+    assert [(r.id, r.worker) for r in runs.active_runs(session)] == [(a.id, "gpu0@h")]
