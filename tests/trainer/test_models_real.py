@@ -260,3 +260,15 @@ def test_bad_lora_targets_and_resolution_are_refused():
         make_model("sd3", lora_target_modules=["attn.to_qq"])
     with pytest.raises(ValueError, match="resolution=34 must be a multiple of 4"):
         make_model("sd3", resolution=34)
+
+
+@pytest.mark.parametrize("placement", ["offload", "cpu"])
+def test_text_encoder_placements_give_the_same_embeddings(placement):
+    build, load = FAMILIES["sd3"]
+    moved = load(make_config("sd3"), "cpu", pipeline=build(0), max_sequence_length=SEQ, text_encoders=placement)
+    expected = make_model("sd3").encode_prompts(PROMPTS)
+    got = moved.encode_prompts(PROMPTS)
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key])
+    with pytest.raises(ValueError, match="text_encoders must be one of"):
+        load(make_config("sd3"), "cpu", pipeline=build(0), text_encoders="gpu")

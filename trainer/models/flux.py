@@ -130,7 +130,7 @@ def load_flux(
     device: str | torch.device,
     *,
     pipeline: FluxPipeline | None = None,
-    text_encoders: str = "device",
+    text_encoders: str | None = None,
     max_sequence_length: int = 512,
     decode_batch_size: int = 4,
 ) -> FluxModel:
@@ -141,7 +141,7 @@ def load_flux(
             `shift` is not used: FLUX shifts by resolution (`scheduler_kwargs`).
         device: where the transformer and VAE run.
         pipeline: an already-built pipeline (tests); model_path is then not read.
-        text_encoders: "device", "offload" or "cpu" (see DiffusersFlowModel).
+        text_encoders: "device", "offload" or "cpu"; None = "offload" on GPUs under 40 GiB, else "device".
         max_sequence_length: T5 tokens per prompt (dev: 512, schnell: 256).
         decode_batch_size: images per VAE decode call.
     """

@@ -231,6 +231,15 @@ def _place(module: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
 
 # --- the FlowModel part both diffusers families share ---
 TEXT_ENCODER_PLACEMENTS = ("device", "offload", "cpu")
+OFFLOAD_BELOW_GIB = 40  # SD3's three text encoders take 11 GB in bf16, FLUX's two 10 GB: too much for a 24 GB card
+
+
+def default_text_encoder_placement(device: torch.device) -> str:
+    """ "device", except on GPUs under OFFLOAD_BELOW_GIB of memory, where the encoders are "offload"ed to the CPU."""
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory / 2**30
+        return "offload" if total < OFFLOAD_BELOW_GIB else "device"
+    return "device"
 
 
 class DiffusersFlowModel(FlowModel):
@@ -249,7 +258,7 @@ class DiffusersFlowModel(FlowModel):
             default.
         gradient_checkpointing: recompute transformer blocks in backward (memory for compute).
         text_encoders: "device" (resident), "offload" (kept on the CPU, moved to `device` only while new prompts
-            are encoded) or "cpu" (encode on the CPU).
+            are encoded) or "cpu" (encode on the CPU); None = `default_text_encoder_placement(device)`.
         max_sequence_length: T5 tokens per prompt.
         decode_batch_size: images per VAE decode call.
     """
@@ -268,10 +277,11 @@ class DiffusersFlowModel(FlowModel):
         lora_alpha: float = 64.0,
         lora_target_modules: list[str] | None = None,
         gradient_checkpointing: bool = False,
-        text_encoders: str = "device",
+        text_encoders: str | None = None,
         max_sequence_length: int = 256,
         decode_batch_size: int = 8,
     ):
+        text_encoders = text_encoders or default_text_encoder_placement(torch.device(device))
         if text_encoders not in TEXT_ENCODER_PLACEMENTS:
             raise ValueError(f"text_encoders must be one of {TEXT_ENCODER_PLACEMENTS}, got {text_encoders!r}")
         self.pipe = pipeline
@@ -291,9 +301,10 @@ class DiffusersFlowModel(FlowModel):
         # bf16 VAEs are fine; fp16 ones can overflow (diffusers upcasts SDXL's), so fp16 decodes in float32.
         _place(self.vae, self.device, torch.bfloat16 if dtype == torch.bfloat16 else torch.float32)
         self.vae.requires_grad_(False)
+        # "cpu" computes there, in float32 (CPU half kernels are slow); "offload" only parks them there, in `dtype`.
         encoder_device = self.device if text_encoders == "device" else torch.device("cpu")
         for encoder in self._text_encoder_modules():
-            _place(encoder, encoder_device, dtype if encoder_device.type != "cpu" else torch.float32)
+            _place(encoder, encoder_device, torch.float32 if text_encoders == "cpu" else dtype)
             encoder.requires_grad_(False).eval()
         self.vae.eval()
 

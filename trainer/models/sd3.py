@@ -81,7 +81,7 @@ def load_sd3(
     device: str | torch.device,
     *,
     pipeline: StableDiffusion3Pipeline | None = None,
-    text_encoders: str = "device",
+    text_encoders: str | None = None,
     max_sequence_length: int = 256,
     decode_batch_size: int = 8,
 ) -> SD3Model:
@@ -91,7 +91,7 @@ def load_sd3(
         config: TrainConfig; uses model_path, resolution, lora_*, mixed_precision, gradient_checkpointing, shift.
         device: where the transformer and VAE run.
         pipeline: an already-built pipeline (tests); model_path is then not read.
-        text_encoders: "device", "offload" or "cpu" (see DiffusersFlowModel).
+        text_encoders: "device", "offload" or "cpu"; None = "offload" on GPUs under 40 GiB, else "device".
         max_sequence_length: T5 tokens per prompt (the pipeline's default 256; Flow-GRPO uses 128).
         decode_batch_size: images per VAE decode call.
     """
