@@ -269,9 +269,10 @@ class TokenCreated(BaseModel):
 
 
 class WorkerPublic(BaseModel):
-    name: str
-    active_run_ids: list[int] = Field(default_factory=list)
+    name: str = Field(description="Celery node name, e.g. gpu0@host (what runs' `worker` field names).")
+    online: bool = Field(description="Answered a ping; an offline worker still named by a running run is shown.")
     queues: list[str] = Field(default_factory=list)
+    run_ids: list[int] = Field(default_factory=list, description="The caller's runs it is executing.")
 
 
 class Health(BaseModel):

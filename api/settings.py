@@ -29,6 +29,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _fill_defaults_and_check_secret(self) -> Settings:
+        self.DATA_DIR = self.DATA_DIR.expanduser().resolve()  # the worker resolves it the same way
         if not self.DATABASE_URL:
             self.DATABASE_URL = f"sqlite:///{self.DATA_DIR}/flowdppo.db"
         if not self.BROKER_URL:

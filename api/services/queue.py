@@ -59,16 +59,3 @@ class TaskQueue:
         except Exception as err:  # kombu raises transport-specific errors; the caller gets one meaningful type
             log.exception("could not enqueue run %s", run_id)
             raise UnavailableError(f"the broker did not accept run {run_id}: {err}") from err
-
-    def connected_workers(self, *, timeout: float = 1.0) -> list[str]:
-        """Node names of the workers that answer a ping within `timeout` seconds."""
-        try:
-            replies = self.app.control.ping(timeout=timeout) or []
-        except OSError as err:
-            raise UnavailableError(f"the broker did not answer: {err}") from err
-        return sorted({name for reply in replies for name in reply})
-
-    def worker_queues(self, *, timeout: float = 1.0) -> dict[str, list[str]]:
-        """Queues each worker consumes from (node name -> queue names)."""
-        replies = self.app.control.inspect(timeout=timeout).active_queues() or {}
-        return {name: sorted(q["name"] for q in queues) for name, queues in replies.items()}

@@ -7,17 +7,16 @@ from sqlalchemy.orm import Session
 from api.schemas import WorkerPublic
 from api.services.queue import TaskQueue
 from store import runs as store_runs
+from worker.status import list_workers as worker_status  # a plain function (celery + store), not a task module
 
 
 def list_workers(session: Session, *, queue: TaskQueue, team_id: int, timeout: float = 1.0) -> list[WorkerPublic]:
-    """Connected workers (by ping) with the ids of the caller's runs each one is executing.
+    """Connected workers with the ids of the caller's runs each one executes.
 
-    Other teams' runs are not listed, but a worker busy with one still appears (capacity is shared).
+    Other teams' runs are hidden, but a worker busy with one still appears (the capacity is shared).
     """
-    names = queue.connected_workers(timeout=timeout)
-    running: dict[str, list[int]] = {}
-    for run in store_runs.active_runs(session):
-        if run.team_id == team_id and run.worker:
-            running.setdefault(run.worker, []).append(run.id)
-    queues = queue.worker_queues(timeout=timeout) if names else {}
-    return [WorkerPublic(name=n, active_run_ids=running.get(n, []), queues=queues.get(n, [])) for n in sorted(names)]
+    own = {r.id for r in store_runs.active_runs(session) if r.team_id == team_id}
+    return [
+        WorkerPublic(name=w.name, online=w.online, queues=w.queues, run_ids=[r for r in w.run_ids if r in own])
+        for w in worker_status(session, app=queue.app, timeout=timeout)
+    ]

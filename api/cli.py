@@ -1,0 +1,249 @@
+"""`flowdppo api|token|up|submit|runs|watch|cancel|compare`: the server, embedded mode, and a REST client CLI.
+
+Client commands take --url/--token or env FLOWDPPO_URL / FLOWDPPO_TOKEN. Heavy imports happen inside handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+COMPARE_COLUMNS = [  # (header, key, field): the `flowdppo compare` table
+    ("reward final", "reward/total/mean", "final"),
+    ("reward best", "reward/total/mean", "best"),
+    ("eval reward", "eval/reward/total/mean", "final"),
+    ("kl_ref", "kl_ref/mean", "final"),
+    ("mask frac", "mask/fraction", "final"),
+    ("clip frac", "clip/fraction", "final"),
+]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("api", help="Serve the REST API (and the dashboard at /ui) with uvicorn.")
+    p.add_argument("--host", default=None, help="Default: API_HOST (127.0.0.1).")
+    p.add_argument("--port", type=int, default=None, help="Default: API_PORT (8000).")
+    p.set_defaults(handler=_api)
+
+    p = subparsers.add_parser("token", help="API tokens.")
+    token_sub = p.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    create = token_sub.add_parser("create", help="Create a token for a team (the team is created if needed).")
+    create.add_argument("--team", required=True)
+    create.add_argument("--admin", action="store_true", help="May create teams through the API.")
+    create.set_defaults(handler=_token_create)
+
+    p = subparsers.add_parser("up", help="Embedded mode: API + dashboard + one worker on this machine (SQLite).")
+    p.add_argument("--host", default=None, help="Default: API_HOST (127.0.0.1).")
+    p.add_argument("--port", type=int, default=None, help="Default: API_PORT (8000).")
+    p.add_argument("--demo", action="store_true", help="Also submit the shapes-clip vs shapes-dppo comparison.")
+    p.set_defaults(handler=_up)
+
+    client = argparse.ArgumentParser(add_help=False)
+    client.add_argument("--url", default=None, help="Server URL (env FLOWDPPO_URL, default http://127.0.0.1:8000).")
+    client.add_argument("--token", default=None, help="Bearer token (env FLOWDPPO_TOKEN).")
+
+    p = subparsers.add_parser("submit", parents=[client], help="Submit a run from a preset or a config file.")
+    p.add_argument("source", metavar="PRESET_OR_CONFIG", help="A preset name or a .json/.yaml config file.")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--name", default="")
+    p.add_argument("--tag", dest="tags", action="append", default=[])
+    p.add_argument("--watch", action="store_true", help="Then follow it like `flowdppo watch`.")
+    p.set_defaults(handler=_submit)
+
+    p = subparsers.add_parser("runs", parents=[client], help="List runs, newest first.")
+    p.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled"])
+    p.add_argument("--kind", choices=["train", "eval"])
+    p.add_argument("--tag")
+    p.add_argument("--comparison", type=int, dest="comparison_id")
+    p.add_argument("--limit", type=int, default=20)
+    p.set_defaults(handler=_runs)
+
+    p = subparsers.add_parser("watch", parents=[client], help="Follow a run live until it finishes.")
+    p.add_argument("run_id", type=int, metavar="RUN")
+    p.set_defaults(handler=_watch)
+
+    p = subparsers.add_parser("cancel", parents=[client], help="Cancel a run (a running one stops within a step).")
+    p.add_argument("run_id", type=int, metavar="RUN")
+    p.set_defaults(handler=_cancel)
+
+    p = subparsers.add_parser("compare", parents=[client], help="Summary metrics of runs side by side.")
+    p.add_argument("run_ids", type=int, nargs="+", metavar="RUN")
+    p.set_defaults(handler=_compare)
+
+
+# --- server ---
+
+
+def _api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from api.settings import Settings
+
+    settings = Settings()
+    host, port = args.host or settings.API_HOST, args.port or settings.API_PORT
+    uvicorn.run("api.main:create_app", factory=True, host=host, port=port, log_level="info")
+    return 0
+
+
+def _token_create(args: argparse.Namespace) -> int:
+    from api.services import teams
+    from api.settings import Settings
+    from store.session import make_sessionmaker
+
+    factory = make_sessionmaker(Settings().DATABASE_URL)
+    with factory() as session:
+        created = teams.create_token(session, team_name=args.team, admin=args.admin)
+    print(
+        f"token for team {created.team.name!r}{' (admin)' if created.is_admin else ''}; shown once:", file=sys.stderr
+    )
+    print(created.token)
+    return 0
+
+
+def _up(args: argparse.Namespace) -> int:
+    from api.embedded import run_embedded
+
+    return run_embedded(host=args.host, port=args.port, demo=args.demo, echo=lambda text: print(text, flush=True))
+
+
+# --- client commands ---
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from api.client import Client
+
+    return Client(args.url, args.token)
+
+
+def _fail(err: Exception) -> int:
+    from api.client import ApiError
+
+    if isinstance(err, ApiError) and isinstance(err.detail, list):
+        print(f"error {err.status_code}:", file=sys.stderr)
+        for e in err.detail:
+            print(f"  {'.'.join(str(p) for p in e.get('loc', []))}: {e.get('msg')}", file=sys.stderr)
+    else:
+        print(f"error: {err}", file=sys.stderr)
+    return 2
+
+
+def _submit(args: argparse.Namespace) -> int:
+    import httpx
+    import yaml
+
+    from api.client import ApiError
+    from trainer.config import parse_overrides
+
+    try:
+        overrides = parse_overrides(args.overrides)
+    except ValueError as err:
+        return _fail(err)
+    source = Path(args.source)
+    config = yaml.safe_load(source.read_text()) if source.is_file() else None  # JSON is YAML too
+    preset = None if config is not None else args.source
+    try:
+        with _client(args) as client:
+            run = client.create_run(preset=preset, config=config, overrides=overrides, name=args.name, tags=args.tags)
+    except (ApiError, httpx.HTTPError) as err:
+        return _fail(err)
+    print(f"run {run.id} queued ({run.name or preset or source.name}, {run.total_steps} steps)")
+    if args.watch:
+        args.run_id = run.id
+        return _watch(args)
+    return 0
+
+
+def _runs(args: argparse.Namespace) -> int:
+    import httpx
+    from rich.console import Console
+    from rich.table import Table
+
+    from api.client import ApiError
+
+    filters = {"status": args.status, "kind": args.kind, "tag": args.tag, "comparison_id": args.comparison_id}
+    try:
+        with _client(args) as client:
+            page = client.list_runs(limit=args.limit, **filters)
+    except (ApiError, httpx.HTTPError) as err:
+        return _fail(err)
+    table = Table("id", "name", "kind", "status", "step", "progress", "created", "worker")
+    for run in page.data:
+        status = run.status + (" (cancelling)" if run.cancel_requested and run.status == "running" else "")
+        table.add_row(
+            str(run.id), run.name, run.kind, status, f"{run.step}/{run.total_steps}", f"{run.progress:.0%}",
+            run.created_at.strftime("%Y-%m-%d %H:%M"), run.worker or "",
+        )  # fmt: skip
+    Console().print(table)
+    if page.next_cursor:
+        print(f"more: --limit {args.limit * 2}", file=sys.stderr)
+    return 0
+
+
+def _watch(args: argparse.Namespace) -> int:
+    import httpx
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from api.client import ApiError
+
+    columns = [TextColumn("run {task.fields[run]} [bold]{task.fields[status]}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("reward {task.fields[reward]}"), TimeElapsedColumn()]  # fmt: skip
+    final = "unknown"
+    try:
+        with _client(args) as client, Progress(*columns) as progress:
+            run = client.get_run(args.run_id)
+            task = progress.add_task("run", total=run.total_steps or None, run=run.id, status=run.status, reward="-")
+            for event in client.stream(run.id):
+                if event.event == "metrics":
+                    reward = event.data["values"].get("reward/total/mean")
+                    fields = {"reward": f"{reward:.4f}"} if reward is not None else {}
+                    progress.update(task, completed=min(event.data["step"] + 1, run.total_steps or 1 << 30), **fields)
+                elif event.event == "status":
+                    status = event.data["status"] + (" (cancelling)" if event.data["cancel_requested"] else "")
+                    progress.update(task, status=status, completed=event.data["step"])
+                elif event.event == "end":
+                    final = event.data["status"]
+    except (ApiError, httpx.HTTPError) as err:
+        return _fail(err)
+    print(f"run {args.run_id}: {final}")
+    return 0 if final == "succeeded" else 1
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    import httpx
+
+    from api.client import ApiError
+
+    try:
+        with _client(args) as client:
+            run = client.cancel_run(args.run_id)
+    except (ApiError, httpx.HTTPError) as err:
+        return _fail(err)
+    note = "stops after its current step" if run.status == "running" else run.status
+    print(f"run {run.id}: {note}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    import httpx
+    from rich.console import Console
+    from rich.table import Table
+
+    from api.client import ApiError
+
+    try:
+        with _client(args) as client:
+            summaries = client.summaries(args.run_ids)
+    except (ApiError, httpx.HTTPError) as err:
+        return _fail(err)
+    table = Table("run", "name", "status", "steps", *(header for header, _, _ in COMPARE_COLUMNS), "time")
+    for s in summaries.data:
+        cells = []
+        for _, key, field in COMPARE_COLUMNS:
+            m = s.metrics.get(key)
+            value = None if m is None else getattr(m, field)
+            cells.append("-" if value is None else f"{value:.4g}")
+        duration = "-" if s.duration_s is None else f"{s.duration_s / 60:.1f} min"
+        table.add_row(str(s.run_id), s.variant or s.name, s.status, f"{s.step}/{s.total_steps}", *cells, duration)
+    Console().print(table)
+    return 0
