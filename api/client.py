@@ -80,11 +80,13 @@ class Client:
         """
         self.base_url = (base_url or os.environ.get("FLOWDPPO_URL") or DEFAULT_URL).rstrip("/")
         self.token = token or os.environ.get("FLOWDPPO_TOKEN")
+        self._owns_http = http is None
         self.http = http or httpx.Client(base_url=self.base_url, timeout=timeout)
         self.prefix = "/api/v1" if http is not None else f"{self.base_url}/api/v1"
 
     def close(self) -> None:
-        self.http.close()
+        if self._owns_http:
+            self.http.close()
 
     def __enter__(self) -> Client:
         return self
