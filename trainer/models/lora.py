@@ -109,10 +109,6 @@ def add_lora(transformer: nn.Module, rank: int, alpha: float, target_modules: li
     return params
 
 
-def has_lora(transformer: nn.Module) -> bool:
-    return bool(getattr(transformer, "_hf_peft_config_loaded", False))
-
-
 @contextmanager
 def adapter_disabled(transformer: nn.Module) -> Iterator[None]:
     """The frozen base policy pi_ref: the same weights with the LoRA adapter switched off (no second copy)."""
@@ -131,9 +127,9 @@ def lora_state_dict(transformer: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def load_lora_state_dict(transformer: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    from peft.utils import set_peft_model_state_dict
+    from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
-    expected = set(get_lora_keys(transformer))
+    expected = set(get_peft_model_state_dict(transformer))
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
         raise ValueError(
@@ -143,12 +139,6 @@ def load_lora_state_dict(transformer: nn.Module, state: dict[str, torch.Tensor])
     set_peft_model_state_dict(transformer, state)
 
 
-def get_lora_keys(transformer: nn.Module) -> list[str]:
-    from peft.utils import get_peft_model_state_dict
-
-    return list(get_peft_model_state_dict(transformer))
-
-
 def save_lora(model: Any, directory: str | Path) -> Path:
     """Write the adapter of an SD3/FLUX model so that `pipe.load_lora_weights(directory)` restores it.
 
@@ -156,7 +146,7 @@ def save_lora(model: Any, directory: str | Path) -> Path:
     that lora_alpha != rank survives the round trip. Returns the directory.
     """
     transformer = model.transformer
-    if not has_lora(transformer):
+    if not getattr(transformer, "_hf_peft_config_loaded", False):
         raise ValueError("save_lora needs a LoRA model (lora_rank > 0); full fine-tunes save the transformer instead")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -202,12 +192,6 @@ class PromptCache:
         self._rows: dict[str, PromptEmbeds] = {}
         self.batch_size = batch_size
         self.storage = torch.device(storage)
-
-    def __len__(self) -> int:
-        return len(self._rows)
-
-    def __contains__(self, prompt: str) -> bool:
-        return prompt in self._rows
 
     def get(self, prompts: list[str], device: torch.device) -> PromptEmbeds:
         """Embeddings of `prompts` (B rows, in order) on `device`; encodes the prompts not seen before."""
@@ -295,7 +279,7 @@ class DiffusersFlowModel(FlowModel):
         self._use_reference = False
 
         self.transformer: nn.Module = pipeline.transformer
-        self.vae: nn.Module = pipeline.vae
+        self.vae: nn.Module = pipeline.vae.eval()
         # A full fine-tune keeps float32 master weights and runs under autocast; a LoRA base is cast to `dtype`.
         _place(self.transformer, self.device, torch.float32 if lora_rank == 0 else dtype)
         # bf16 VAEs are fine; fp16 ones can overflow (diffusers upcasts SDXL's), so fp16 decodes in float32.
@@ -306,7 +290,6 @@ class DiffusersFlowModel(FlowModel):
         for encoder in self._text_encoder_modules():
             _place(encoder, encoder_device, torch.float32 if text_encoders == "cpu" else dtype)
             encoder.requires_grad_(False).eval()
-        self.vae.eval()
 
         if lora_rank > 0:
             targets = list(lora_target_modules or self.default_lora_targets)
