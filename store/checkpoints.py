@@ -7,10 +7,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from store.models import Checkpoint
+from store.session import begin_write
 
 
 def add_checkpoint(session: Session, *, run_id: int, step: int, path: str) -> Checkpoint:
     """Record a checkpoint (path relative to the data folder); a rewrite of the same step keeps its id."""
+    begin_write(session)
     insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[session.get_bind().dialect.name]
     stmt = insert(Checkpoint).values(run_id=run_id, step=step, path=path)
     stmt = stmt.on_conflict_do_update(index_elements=["run_id", "step"], set_={"path": stmt.excluded.path})

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from store.models import Comparison, Run
 from store.runs import create_run
+from store.session import begin_write
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ def create_comparison(
     max_attempts: int = 3,
 ) -> tuple[Comparison, list[Run]]:
     """The comparison and one queued run per variant, in one transaction. Enqueue the runs after this returns."""
+    begin_write(session)
     names = [v.name for v in variants]
     if not names or len(set(names)) != len(names):
         raise ValueError(f"variants need distinct names, got {names}")

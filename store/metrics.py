@@ -18,6 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from store.models import Metric, utcnow
+from store.session import begin_write
 
 DEFAULT_MAX_POINTS = 1000
 
@@ -78,6 +79,7 @@ def append_metrics(
         wall_time: when the points were measured; default now.
     A point written twice (a redelivered job recomputing a step) keeps the latest value, never a second row.
     """
+    begin_write(session)
     wall_time = wall_time or utcnow()
     points: dict[tuple[str, int], float | None] = {}  # dedupe: one statement may not touch a row twice
     if rows is not None:

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from store import artifacts
 from store.models import FINISHED_STATUSES, RUN_KINDS, RUN_STATUSES, Run, RunEvent, utcnow
+from store.session import begin_write
 
 MAX_PAGE_SIZE = 500
 
@@ -64,6 +65,8 @@ def create_run(
     total_steps defaults to config["steps"] for training runs. commit=False lets a caller create several runs
     (a comparison) in one transaction.
     """
+    if commit:
+        begin_write(session)
     if kind not in RUN_KINDS:
         raise ValueError(f"kind must be one of {RUN_KINDS}, got {kind!r}")
     if max_attempts < 1:
@@ -187,6 +190,7 @@ def claim_run(session: Session, *, run_id: int, worker: str, stale_after: timede
     is older than `stale_after`, or it was running on this same worker (a redelivery after the child was killed;
     workers run one job at a time). A cancelled queued run is never claimed.
     """
+    begin_write(session)
     now = utcnow()
     may_start = or_(
         Run.status == "queued",
@@ -211,6 +215,7 @@ def heartbeat(
     session: Session, *, run_id: int, attempt: int, step: int | None = None, progress: float | None = None
 ) -> Beat:
     """Record liveness (and step/progress). owned=False means the run was requeued or finished elsewhere."""
+    begin_write(session)
     values: dict[str, Any] = {"heartbeat_at": utcnow()}
     if step is not None:
         values["step"] = step
@@ -242,6 +247,7 @@ def finish_run(
 
     Returns False when the run was already finished or has moved on to another attempt.
     """
+    begin_write(session)
     if status not in FINISHED_STATUSES:
         raise ValueError(f"status must be one of {sorted(FINISHED_STATUSES)}, got {status!r}")
     where = [Run.id == run_id, Run.status.in_(("queued", "running"))]
@@ -268,6 +274,7 @@ def request_cancel(session: Session, *, run_id: int, team_id: int | None = None)
     run = get_run(session, run_id=run_id, team_id=team_id)
     if run is None:
         return None
+    begin_write(session)
     now = utcnow()
     queued = session.execute(
         update(Run)
@@ -299,6 +306,7 @@ def delete_run(session: Session, *, run_id: int, data_dir: Path | str, team_id: 
     if any(r.status == "running" for r in [run, *children]):
         raise RunActiveError(f"run {run_id} (or one of its evaluations) is running; cancel it first")
     doomed = [run.id, *(c.id for c in children)]
+    begin_write(session)
     # One DELETE; the database cascades to events, metrics, samples, checkpoints and votes (ON DELETE CASCADE).
     session.execute(delete(Run).where(Run.id.in_(doomed)).execution_options(synchronize_session=False))
     for r in [run, *children]:
@@ -326,6 +334,7 @@ def requeue_run(session: Session, *, run_id: int, attempt: int, reason: str) -> 
     run = get_run(session, run_id=run_id)
     if run is None or run.status != "running" or run.attempt != attempt:
         return None
+    begin_write(session)
     base = update(Run).where(Run.id == run_id, Run.status == "running", Run.attempt == attempt)
     if run.cancel_requested:
         values: dict[str, Any] = {"status": "cancelled", "finished_at": utcnow()}
@@ -348,6 +357,8 @@ def requeue_run(session: Session, *, run_id: int, attempt: int, reason: str) -> 
 
 
 def add_event(session: Session, *, run_id: int, message: str, level: str = "info", commit: bool = True) -> RunEvent:
+    if commit:
+        begin_write(session)
     event = RunEvent(run_id=run_id, message=message, level=level)
     session.add(event)
     if commit:

@@ -11,6 +11,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased
 
 from store.models import Sample
+from store.session import begin_write
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class NewSample:
 
 def add_samples(session: Session, *, run_id: int, samples: Sequence[NewSample]) -> list[Sample]:
     """Insert or overwrite (a redelivered job logs the same step again) and return the rows, ids kept stable."""
+    begin_write(session)
     if not samples:
         return []
     dialect = session.get_bind().dialect.name

@@ -16,11 +16,11 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
 def make_engine(url: str, *, echo: bool = False, **kwargs: Any) -> Engine:
-    """An engine for `url`. SQLite gets WAL, a busy timeout, foreign keys and write-ahead transactions.
+    """An engine for `url`. SQLite gets WAL (readers never block the writer), a busy timeout and foreign keys.
 
-    SQLite transactions start with BEGIN IMMEDIATE: the API and the worker write the same file from different
-    processes, and a deferred transaction that reads and then writes can fail with SQLITE_BUSY at once instead of
-    waiting; taking the write lock up front makes every writer wait its turn under the busy timeout.
+    The API and the worker write the same SQLite file from different processes. A writer waits for the lock under
+    the busy timeout, except when its transaction *read first*: upgrading a stale read snapshot fails with
+    SQLITE_BUSY at once. So every store write function starts a fresh transaction (`begin_write`).
     """
     sa_url = make_url(url)
     if sa_url.get_backend_name() != "sqlite":
@@ -47,9 +47,18 @@ def make_engine(url: str, *, echo: bool = False, **kwargs: Any) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        conn.exec_driver_sql("BEGIN")
 
     return engine
+
+
+def begin_write(session: Session) -> None:
+    """Commit whatever transaction the session has open, so the caller's write starts a new one (see make_engine).
+
+    Store write functions commit anyway; this only moves the commit of a preceding read to before the write.
+    """
+    if session.in_transaction():
+        session.commit()
 
 
 def make_sessionmaker(engine_or_url: Engine | str) -> sessionmaker[Session]:

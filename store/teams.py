@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from store.models import ApiToken, Team, utcnow
+from store.session import begin_write
 
 TOKEN_SCHEME = "fdp"
 LAST_USED_RESOLUTION = timedelta(minutes=1)  # don't write on every request
@@ -21,6 +22,7 @@ def hash_token(plaintext: str) -> str:
 
 
 def create_team(session: Session, *, name: str) -> Team:
+    begin_write(session)
     team = Team(name=name)
     session.add(team)
     session.commit()
@@ -41,6 +43,7 @@ def list_teams(session: Session) -> list[Team]:
 
 def create_token(session: Session, *, team_id: int, name: str = "", is_admin: bool = False) -> tuple[ApiToken, str]:
     """A new token for the team. Returns (row, plaintext); the plaintext is shown once and never stored."""
+    begin_write(session)
     prefix = secrets.token_hex(6)
     plaintext = f"{TOKEN_SCHEME}_{prefix}_{secrets.token_urlsafe(32)}"
     token = ApiToken(team_id=team_id, name=name, prefix=prefix, token_hash=hash_token(plaintext), is_admin=is_admin)
@@ -61,6 +64,7 @@ def authenticate_token(session: Session, *, plaintext: str) -> ApiToken | None:
         return None
     now = utcnow()
     if token.last_used_at is None or now - token.last_used_at > LAST_USED_RESOLUTION:
+        begin_write(session)
         token.last_used_at = now
         session.commit()
     return token
@@ -76,6 +80,7 @@ def revoke_token(session: Session, *, token_id: int, team_id: int | None = None)
     if token is None or (team_id is not None and token.team_id != team_id):
         return None
     if token.revoked_at is None:
+        begin_write(session)
         token.revoked_at = utcnow()
         session.commit()
     return token

@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, aliased
 
 from store.models import VOTE_CHOICES, ReviewVote, Sample
+from store.session import begin_write
 
 Z_95 = 1.959963984540054
 
@@ -46,6 +47,7 @@ def wilson_interval(successes: float, n: int, z: float = Z_95) -> tuple[float, f
 def add_vote(
     session: Session, *, team_id: int, reviewer: str, left_sample_id: int, right_sample_id: int, choice: str
 ) -> ReviewVote:
+    begin_write(session)
     if choice not in VOTE_CHOICES:
         raise ValueError(f"choice must be one of {VOTE_CHOICES}, got {choice!r}")
     if left_sample_id == right_sample_id:

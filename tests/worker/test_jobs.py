@@ -1,0 +1,204 @@
+"""Jobs as plain functions with the real trainer: rows written, cancel within a step, skip, resume, evaluation."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import update
+
+from store import artifacts, checkpoints, metrics, runs, samples
+from store.models import Run, utcnow
+from worker import jobs, reaper
+
+KEY = "reward/total/mean"  # a spec §7 metric reported at every step
+
+
+def _steps(session, run_id: int, key: str = KEY) -> list[int]:
+    session.rollback()  # end the test's read snapshot (SQLite keeps one per open transaction)
+    return [p.step for p in metrics.read_points(session, run_id=run_id, keys=[key])]
+
+
+def _fresh(session, run_id: int) -> Run:
+    session.rollback()
+    return runs.get_run(session, run_id=run_id)
+
+
+class _Killed(BaseException):
+    """Stands in for SIGKILL inside a test: not an Exception, so the job records nothing, like a dead process."""
+
+
+def _wrapping_train(hook):
+    """A train_fn: the real trainer, with `hook(step, callback)` run after each on_metrics."""
+    from trainer.train import train
+
+    def train_fn(config, callback, **kw):
+        inner = callback.on_metrics
+
+        def on_metrics(step, values):
+            inner(step, values)
+            hook(step, callback)
+
+        callback.on_metrics = on_metrics
+        return train(config, callback, **kw)
+
+    return train_fn
+
+
+@pytest.mark.slow
+def test_tiny_training_run_writes_rows_and_files(session, ctx, make_run, tiny_config):
+    run = make_run(tiny_config())
+    assert jobs.run_training(run.id, ctx=ctx) == jobs.Outcome.SUCCEEDED
+    done = _fresh(session, run.id)
+    assert (done.status, done.progress, done.step, done.worker) == ("succeeded", 1.0, 3, "test@host")
+    assert _steps(session, run.id) == [1, 2, 3]
+    assert len(metrics.metric_keys(session, run_ids=[run.id])) > 10
+    logged = samples.list_samples(session, run_id=run.id)
+    assert [(s.step, s.index) for s in logged] == [(2, 0), (2, 1)] and logged[0].rewards
+    assert artifacts.resolve(ctx.data_dir, logged[0].image_path).is_file()
+    assert artifacts.resolve(ctx.data_dir, logged[0].thumb_path).is_file()
+    ckpts = checkpoints.list_checkpoints(session, run_id=run.id)
+    assert [c.step for c in ckpts] == [2, 3]
+    assert artifacts.resolve(ctx.data_dir, ckpts[-1].path).is_dir()
+    messages = [e.message for e in runs.list_events(session, run_id=run.id)]
+    assert messages[0] == "queued (train)" and messages[-1] == "succeeded"
+
+
+def test_finished_and_cancelled_runs_are_skipped(session, ctx, make_run, tiny_config):
+    def never(*_a, **_k):
+        raise AssertionError("the trainer must not start")
+
+    done = make_run(tiny_config())
+    runs.claim_run(session, run_id=done.id, worker="other", stale_after=timedelta(seconds=30))
+    runs.finish_run(session, run_id=done.id, status="succeeded")
+    cancelled = make_run(tiny_config())
+    runs.request_cancel(session, run_id=cancelled.id)
+    busy = make_run(tiny_config())
+    runs.claim_run(session, run_id=busy.id, worker="other", stale_after=timedelta(seconds=30))
+    for run in (done, cancelled, busy):
+        assert jobs.run_training(run.id, ctx=ctx, train_fn=never) == jobs.Outcome.SKIPPED
+    assert jobs.run_training(987654, ctx=ctx, train_fn=never) == jobs.Outcome.SKIPPED  # deleted
+    assert _fresh(session, cancelled.id).started_at is None
+
+
+@pytest.mark.slow
+def test_cancel_stops_within_one_step(session, ctx, make_run, tiny_config):
+    run = make_run(tiny_config(steps=50, checkpoint_every=0, sample_every=0))
+
+    def cancel_at_2(step, _callback):
+        if step == 2:
+            with ctx.session_factory() as other:  # the API, in another session
+                runs.request_cancel(other, run_id=run.id)
+
+    assert jobs.run_training(run.id, ctx=ctx, train_fn=_wrapping_train(cancel_at_2)) == jobs.Outcome.CANCELLED
+    assert _steps(session, run.id) == [1, 2]
+    final = _fresh(session, run.id)
+    assert final.status == "cancelled" and final.finished_at is not None
+    assert [c.step for c in checkpoints.list_checkpoints(session, run_id=run.id)] == [2]  # resumable
+
+
+@pytest.mark.slow
+def test_killed_run_is_reaped_and_resumes_without_missing_or_doubled_steps(session, ctx, make_run, tiny_config):
+    run = make_run(tiny_config(steps=5), max_attempts=3)
+
+    def die_at_3(step, _callback):
+        if step == 3:  # after step 3's metrics, before its checkpoint would have been... (checkpoint is at 2 and 4)
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        jobs.run_training(run.id, ctx=ctx, train_fn=_wrapping_train(die_at_3))
+    assert _fresh(session, run.id).status == "running"  # nobody told the database: only the heartbeat stops
+    assert _steps(session, run.id) == [1, 2, 3]
+
+    session.execute(update(Run).where(Run.id == run.id).values(heartbeat_at=utcnow() - timedelta(minutes=10)))
+    session.commit()
+    sent: list[tuple[int, str]] = []
+    reaped = reaper.reap_stale_runs(
+        session, stale_after=timedelta(minutes=1), enqueue=lambda i, k: sent.append((i, k))
+    )
+    assert [r.id for r in reaped] == [run.id] and sent == [(run.id, "train")]
+    assert (_fresh(session, run.id).status, _fresh(session, run.id).attempt) == ("queued", 2)
+
+    assert jobs.run_training(run.id, ctx=ctx) == jobs.Outcome.SUCCEEDED
+    assert _steps(session, run.id) == [1, 2, 3, 4, 5]  # step 3 recomputed after resuming from step 2, not doubled
+    messages = [e.message for e in runs.list_events(session, run_id=run.id)]
+    assert any("resuming from checkpoint runs/" in m and m.endswith("step_000002") for m in messages)
+    assert any(m.startswith("lost (worker test@host") for m in messages)
+
+
+def test_reaper_fails_a_run_after_max_attempts(session, make_run, tiny_config):
+    run = make_run(tiny_config(), max_attempts=1)
+    runs.claim_run(session, run_id=run.id, worker="w", stale_after=timedelta(seconds=30))
+    session.execute(update(Run).where(Run.id == run.id).values(heartbeat_at=utcnow() - timedelta(minutes=10)))
+    session.commit()
+    sent: list = []
+    reaper.reap_stale_runs(session, stale_after=timedelta(minutes=1), enqueue=lambda i, k: sent.append(i))
+    final = _fresh(session, run.id)
+    assert sent == [] and final.status == "failed" and "stopped sending heartbeats" in final.error
+    assert reaper.reap_stale_runs(session, stale_after=timedelta(minutes=1), enqueue=sent.append) == []
+
+
+def test_reaper_marks_run_failed_when_the_broker_refuses(session, make_run, tiny_config):
+    run = make_run(tiny_config())
+    runs.claim_run(session, run_id=run.id, worker="w", stale_after=timedelta(seconds=30))
+    session.execute(update(Run).where(Run.id == run.id).values(heartbeat_at=utcnow() - timedelta(minutes=10)))
+    session.commit()
+
+    def broken(_run_id, _kind):
+        raise ConnectionError("broker down")
+
+    reaper.reap_stale_runs(session, stale_after=timedelta(minutes=1), enqueue=broken)
+    final = _fresh(session, run.id)
+    assert final.status == "failed" and "broker down" in final.error
+
+
+def test_a_worker_whose_run_was_requeued_stops_and_writes_nothing(session, ctx, make_run, tiny_config):
+    run = make_run(tiny_config(steps=10))
+
+    def fake_train(config, callback, **_kw):
+        callback.on_metrics(1, {KEY: 1.0})
+        with ctx.session_factory() as other:  # the reaper decided this worker was dead
+            runs.requeue_run(other, run_id=run.id, attempt=1, reason="test")
+        assert callback.should_stop()
+        callback.on_metrics(2, {KEY: 2.0})  # ignored: the run belongs to the next attempt
+
+        class Result:
+            stopped = True
+
+        return Result()
+
+    assert jobs.run_training(run.id, ctx=ctx, train_fn=fake_train) == jobs.Outcome.LOST
+    assert _steps(session, run.id) == [1]
+    assert _fresh(session, run.id).status == "queued"
+
+
+def test_trainer_errors_and_invalid_configs_fail_the_run_visibly(session, ctx, make_run, tiny_config):
+    def boom(*_a, **_k):
+        raise RuntimeError("CUDA out of memory (pretend)")
+
+    run = make_run(tiny_config())
+    assert jobs.run_training(run.id, ctx=ctx, train_fn=boom) == jobs.Outcome.FAILED
+    failed = _fresh(session, run.id)
+    assert failed.status == "failed" and failed.error.startswith("RuntimeError: CUDA out of memory")
+    assert runs.list_events(session, run_id=run.id)[-1].level == "error"
+
+    bad = make_run({**tiny_config(), "loss": "ppo"})
+    assert jobs.run_training(bad.id, ctx=ctx, train_fn=boom) == jobs.Outcome.FAILED
+    assert "loss:" in _fresh(session, bad.id).error
+
+
+@pytest.mark.slow
+def test_evaluation_of_a_checkpoint(session, ctx, make_run, tiny_config):
+    from trainer.config import EvalConfig, TrainConfig
+
+    parent = make_run(tiny_config(steps=2, sample_every=0))
+    assert jobs.run_training(parent.id, ctx=ctx) == jobs.Outcome.SUCCEEDED
+    ckpt = checkpoints.latest_checkpoint(session, run_id=parent.id)
+    config = EvalConfig(train=TrainConfig.model_validate(parent.config), num_prompts=3, num_steps=4, batch_size=2)
+    evaluation = make_run(config.model_dump(mode="json"), kind="eval", parent_run_id=parent.id, checkpoint_id=ckpt.id)
+    assert jobs.run_evaluation(evaluation.id, ctx=ctx) == jobs.Outcome.SUCCEEDED
+    done = _fresh(session, evaluation.id)
+    assert (done.status, done.progress) == ("succeeded", 1.0)
+    logged = samples.list_samples(session, run_id=evaluation.id)
+    assert [(s.step, s.index) for s in logged] == [(2, 0), (2, 1), (2, 2)]  # at the checkpoint's step
+    assert any(k.startswith("eval/reward/") for k in metrics.latest_metrics(session, run_id=evaluation.id))

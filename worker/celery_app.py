@@ -1,0 +1,61 @@
+"""The Celery app, configured from settings only: late acks, reject on worker loss, prefetch 1, one queue per kind."""
+
+from __future__ import annotations
+
+import importlib
+from enum import StrEnum
+
+from celery import Celery
+from celery.signals import worker_init
+from kombu import Queue as KombuQueue
+
+from worker.settings import WorkerSettings
+
+
+class Queue(StrEnum):
+    """One queue per job kind (= runs.kind), so GPU pools can be split between training and evaluation."""
+
+    TRAIN = "train"
+    EVAL = "eval"
+
+
+TASK_NAMES: dict[Queue, str] = {Queue.TRAIN: "worker.tasks.train_run", Queue.EVAL: "worker.tasks.evaluate_run"}
+
+
+def create_celery_app(settings: WorkerSettings) -> Celery:
+    app = Celery("flowdppo", broker=settings.BROKER_URL, include=["worker.tasks"])
+    app.conf.update(
+        broker_transport_options=settings.broker_transport_options(),
+        broker_connection_retry_on_startup=True,
+        # A job is acknowledged only when it returns, and handed out again if its worker process dies: the run
+        # then resumes from its last checkpoint (platform.md "Job semantics").
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_queues=[KombuQueue(q.value, routing_key=q.value) for q in Queue],
+        task_default_queue=Queue.TRAIN.value,
+        task_routes={name: {"queue": queue.value} for queue, name in TASK_NAMES.items()},
+        task_ignore_result=True,  # the database holds every outcome
+        task_serializer="json",
+        accept_content=["json"],
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+    )
+    return app
+
+
+app = create_celery_app(WorkerSettings())
+
+
+@worker_init.connect
+def _preload_trainer(**_kwargs: object) -> None:
+    # Import torch/diffusers once in the parent, so each forked child (one per job) starts at once. Importing torch
+    # does not initialise CUDA; the first CUDA call happens in the child, after the fork.
+    importlib.import_module("trainer.train")
+    importlib.import_module("trainer.evaluate")
+
+
+def enqueue_run(run_id: int, kind: str, *, celery_app: Celery | None = None) -> None:
+    """Send the run's job to its queue. Call after the run's row is committed (the worker re-reads it by id)."""
+    queue = Queue(kind)
+    (celery_app or app).send_task(TASK_NAMES[queue], args=[run_id], queue=queue.value)

@@ -1,0 +1,238 @@
+"""The jobs as plain functions: claim the run, build the trainer with a store-backed callback, record the outcome.
+
+No Celery here, so the job semantics (skip finished runs, cancel within one step, resume from the run's latest
+checkpoint, heartbeat, fencing off a worker whose run was requeued) are tested by calling these directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy.orm import Session, sessionmaker
+
+from store import artifacts, checkpoints, metrics, runs, samples
+from store.models import Run
+from trainer.callbacks import Sample
+from trainer.config import EvalConfig, TrainConfig, format_validation_error
+
+log = logging.getLogger(__name__)
+
+
+class Outcome(StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"  # already finished, cancelled before start, or running elsewhere
+    LOST = "lost"  # the run was requeued (this worker was presumed dead) or deleted while it ran
+
+
+@dataclass
+class JobContext:
+    """What a job needs from its worker process."""
+
+    session_factory: sessionmaker[Session]
+    data_dir: Path
+    worker: str
+    device: str = "cpu"
+    heartbeat_seconds: float = 15.0
+    stale_after: timedelta = field(default_factory=lambda: timedelta(minutes=3))
+
+
+class StoreCallback:
+    """The trainer's Callback, writing to the database: metrics, sample images + rows, checkpoint rows, liveness.
+
+    Every report is also a heartbeat; should_stop() is True once a cancel was asked or the run is no longer ours.
+    """
+
+    def __init__(self, ctx: JobContext, run: Run, progress: Callable[[int], float]):
+        self.ctx, self.run_id, self.attempt, self.progress = ctx, run.id, run.attempt, progress
+        self.session = ctx.session_factory()
+        self.owned, self.cancel_requested = True, False
+        self.samples_logged = 0
+
+    def _beat(self, step: int | None = None) -> None:
+        progress = None if step is None else self.progress(step)
+        beat = runs.heartbeat(self.session, run_id=self.run_id, attempt=self.attempt, step=step, progress=progress)
+        self.owned = self.owned and beat.owned
+        self.cancel_requested = self.cancel_requested or beat.cancel_requested
+
+    def on_metrics(self, step: int, metrics_: dict[str, float]) -> None:
+        if not self.owned:
+            return  # a requeued attempt owns the run's rows now
+        metrics.append_metrics(self.session, run_id=self.run_id, step=step, values=metrics_)
+        self._beat(step)
+
+    def on_samples(self, step: int, images: list[Sample]) -> None:
+        if not self.owned:
+            return
+        rows = []
+        for s in images:
+            saved = artifacts.save_sample_image(
+                self.ctx.data_dir, run_id=self.run_id, step=step, index=s.index, seed=s.seed, image=s.image
+            )
+            rows.append(
+                samples.NewSample(
+                    step=step,
+                    prompt=s.prompt,
+                    seed=s.seed,
+                    index=s.index,
+                    image_path=saved.image_path,
+                    thumb_path=saved.thumb_path,
+                    rewards={k: float(v) for k, v in s.rewards.items()},
+                )  # fmt: skip
+            )
+        samples.add_samples(self.session, run_id=self.run_id, samples=rows)
+        self.samples_logged += len(rows)
+
+    def on_checkpoint(self, step: int, path: Path) -> None:
+        if not self.owned:
+            return
+        relpath = artifacts.relative_to_data(self.ctx.data_dir, path)
+        checkpoints.add_checkpoint(self.session, run_id=self.run_id, step=step, path=relpath)
+        runs.add_event(self.session, run_id=self.run_id, message=f"checkpoint at step {step}")
+
+    def should_stop(self) -> bool:
+        self._beat()
+        return self.cancel_requested or not self.owned
+
+    def close(self) -> None:
+        self.session.close()
+
+
+class Heartbeat:
+    """A thread that keeps the run's heartbeat fresh during long steps (model loading, big rollouts)."""
+
+    def __init__(self, ctx: JobContext, run: Run, callback: StoreCallback):
+        self.ctx, self.run_id, self.attempt, self.callback = ctx, run.id, run.attempt, callback
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name=f"heartbeat-run-{run.id}", daemon=True)
+
+    def _loop(self) -> None:
+        with self.ctx.session_factory() as session:
+            while not self.stop.wait(self.ctx.heartbeat_seconds):
+                beat = runs.heartbeat(session, run_id=self.run_id, attempt=self.attempt)
+                if not beat.owned:
+                    self.callback.owned = False  # read by should_stop() between steps
+                    return
+
+    def __enter__(self) -> Heartbeat:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=10)
+
+
+def run_training(run_id: int, *, ctx: JobContext, train_fn: Callable[..., Any] | None = None) -> Outcome:
+    """Train run `run_id` (re-read from the store) into its artifact folder, resuming from its latest checkpoint."""
+    run = _claim(run_id, ctx)
+    if run is None:
+        return Outcome.SKIPPED
+    try:
+        config = TrainConfig.model_validate(run.config)
+    except ValidationError as err:
+        return _fail(ctx, run, f"invalid config:\n{format_validation_error(err)}")
+    if train_fn is None:
+        from trainer.train import train as train_fn
+    from trainer.checkpoint import latest_checkpoint
+
+    out_dir = artifacts.run_dir(ctx.data_dir, run.id)
+    resume_from = latest_checkpoint(out_dir)
+    if resume_from is not None:
+        _event(ctx, run.id, f"resuming from checkpoint {artifacts.relative_to_data(ctx.data_dir, resume_from)}")
+    total = max(1, run.total_steps or config.steps)
+    callback = StoreCallback(ctx, run, progress=lambda step: step / total)
+    try:
+        with Heartbeat(ctx, run, callback):
+            result = train_fn(config, callback, out_dir=out_dir, device=ctx.device, resume=True)
+    except Exception as err:  # the job boundary: any trainer error becomes the run's error, shown in the UI
+        return _fail(ctx, run, _describe(err))
+    finally:
+        callback.close()
+    return _finish(ctx, run, callback, stopped=bool(result.stopped))
+
+
+def run_evaluation(run_id: int, *, ctx: JobContext, evaluate_fn: Callable[..., Any] | None = None) -> Outcome:
+    """Evaluate run `run_id`: its checkpoint (run.checkpoint_id; None = the base model) on fixed prompts and seeds."""
+    run = _claim(run_id, ctx)
+    if run is None:
+        return Outcome.SKIPPED
+    try:
+        config = EvalConfig.model_validate(run.config)
+    except ValidationError as err:
+        return _fail(ctx, run, f"invalid config:\n{format_validation_error(err)}")
+    checkpoint_path = None
+    if run.checkpoint_id is not None:
+        with ctx.session_factory() as session:
+            row = checkpoints.get_checkpoint(session, checkpoint_id=run.checkpoint_id)
+        if row is None:
+            return _fail(ctx, run, f"checkpoint {run.checkpoint_id} no longer exists")
+        checkpoint_path = artifacts.resolve(ctx.data_dir, row.path)
+    if evaluate_fn is None:
+        from trainer.evaluate import evaluate as evaluate_fn
+
+    total = config.num_prompts * config.samples_per_prompt
+    callback = StoreCallback(ctx, run, progress=lambda _step: 0.0)
+    callback.progress = lambda _step: min(1.0, callback.samples_logged / total)
+    try:
+        with Heartbeat(ctx, run, callback):
+            evaluate_fn(config, checkpoint=checkpoint_path, callback=callback, device=ctx.device)
+    except Exception as err:  # the job boundary, as in run_training
+        return _fail(ctx, run, _describe(err))
+    finally:
+        callback.close()
+    return _finish(ctx, run, callback, stopped=callback.cancel_requested)
+
+
+# --- helpers ---
+
+
+def _claim(run_id: int, ctx: JobContext) -> Run | None:
+    with ctx.session_factory() as session:
+        run = runs.claim_run(session, run_id=run_id, worker=ctx.worker, stale_after=ctx.stale_after)
+        if run is None:
+            current = runs.get_run(session, run_id=run_id)
+            state = "deleted" if current is None else f"{current.status} on {current.worker or 'no worker'}"
+            log.info("skipping run %s (%s)", run_id, state)
+        return run
+
+
+def _finish(ctx: JobContext, run: Run, callback: StoreCallback, *, stopped: bool) -> Outcome:
+    if not callback.owned:
+        log.warning("run %s was taken over (requeued or deleted) while this worker ran it", run.id)
+        return Outcome.LOST
+    status = Outcome.CANCELLED if stopped and callback.cancel_requested else Outcome.SUCCEEDED
+    with ctx.session_factory() as session:
+        if not runs.finish_run(session, run_id=run.id, status=status.value, attempt=run.attempt):
+            return Outcome.LOST
+    return status
+
+
+def _fail(ctx: JobContext, run: Run, error: str) -> Outcome:
+    log.error("run %s failed: %s", run.id, error)
+    with ctx.session_factory() as session:
+        if not runs.finish_run(session, run_id=run.id, status="failed", error=error, attempt=run.attempt):
+            return Outcome.LOST
+    return Outcome.FAILED
+
+
+def _event(ctx: JobContext, run_id: int, message: str, level: str = "info") -> None:
+    with ctx.session_factory() as session:
+        runs.add_event(session, run_id=run_id, message=message, level=level)
+
+
+def _describe(err: BaseException) -> str:
+    """'TypeName: message' plus the innermost frames, enough to act on from the run page."""
+    frames = traceback.format_exception(err)
+    tail = "".join(frames[-3:]).strip()
+    return f"{type(err).__name__}: {err}\n{tail}"[:4000]

@@ -1,0 +1,77 @@
+"""The heartbeat reaper: runs 'running' with a dead worker are marked lost and requeued (or failed after
+max_attempts). The database, not the broker, is the truth about runs (platform.md "Broker facts")."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from store import runs
+from store.models import Run
+from worker.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+Enqueue = Callable[[int, str], None]  # (run_id, kind) -> sends the job
+
+
+def reap_stale_runs(session: Session, *, stale_after: timedelta, enqueue: Enqueue) -> list[Run]:
+    """One pass: every lost run is requeued (attempt + 1, event) and its job sent again, or failed with the error
+    shown once max_attempts is used up. Safe to run from several processes at once. Returns the runs changed."""
+    changed = []
+    for run in runs.find_stale_runs(session, older_than=stale_after):
+        seconds, worker = int(stale_after.total_seconds()), run.worker
+        reason = f"worker {worker or '?'} stopped sending heartbeats (none for {seconds} s)"
+        updated = runs.requeue_run(session, run_id=run.id, attempt=run.attempt, reason=reason)
+        if updated is None:
+            continue  # another reaper (or the worker itself) got there first
+        if updated.status == "queued":
+            try:
+                enqueue(updated.id, updated.kind)
+            except Exception as err:  # the broker is down: the run must not stay queued with no job behind it
+                runs.finish_run(session, run_id=updated.id, status="failed", error=f"could not requeue: {err}")
+        log.warning("run %s lost on %s: now %s (attempt %s)", run.id, worker, updated.status, updated.attempt)
+        changed.append(updated)
+    return changed
+
+
+def run_reaper(settings: WorkerSettings, stop: threading.Event | None = None, *, watch_parent: bool = False) -> None:
+    """Reap every REAPER_INTERVAL_SECONDS until `stop` is set (or, with watch_parent, the parent process exits)."""
+    from store.session import make_sessionmaker
+    from worker.celery_app import create_celery_app, enqueue_run
+
+    stop = stop or threading.Event()
+    app = create_celery_app(settings)
+    factory: sessionmaker[Session] = make_sessionmaker(settings.DATABASE_URL)
+    parent = os.getppid()
+
+    def enqueue(run_id: int, kind: str) -> None:
+        enqueue_run(run_id, kind, celery_app=app)
+
+    while not stop.is_set():
+        if watch_parent and os.getppid() != parent:
+            return
+        try:
+            with factory() as session:
+                reap_stale_runs(session, stale_after=settings.stale_after, enqueue=enqueue)
+        except Exception:  # a database hiccup must not end the reaper; the next pass retries
+            log.exception("reaper pass failed")
+        stop.wait(settings.REAPER_INTERVAL_SECONDS)
+
+
+def start_reaper_thread(settings: WorkerSettings) -> tuple[threading.Thread, threading.Event]:
+    """For the embedded launcher (a process that never forks): returns the thread and the event that stops it."""
+    stop = threading.Event()
+    thread = threading.Thread(target=run_reaper, args=(settings, stop), name="flowdppo-reaper", daemon=True)
+    thread.start()
+    return thread, stop
+
+
+if __name__ == "__main__":  # `python -m worker.reaper`: what `flowdppo worker` starts beside Celery
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s reaper %(levelname)s %(message)s")
+    run_reaper(WorkerSettings(), watch_parent=True)

@@ -1,0 +1,56 @@
+"""Celery tasks: take a run id, let jobs.py re-read the run from the store and do the work."""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+
+from celery import Task
+
+from store.session import make_sessionmaker
+from worker import jobs
+from worker.celery_app import app
+from worker.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+
+@lru_cache(maxsize=1)
+def _settings_and_sessions() -> tuple[WorkerSettings, object]:
+    # Built lazily in the child process that runs the job, never in the parent before it forks.
+    settings = WorkerSettings()
+    return settings, make_sessionmaker(settings.DATABASE_URL)
+
+
+def _device(setting: str) -> str:
+    if setting != "auto":
+        return setting
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def job_context(task: Task) -> jobs.JobContext:
+    settings, session_factory = _settings_and_sessions()
+    return jobs.JobContext(
+        session_factory=session_factory,  # type: ignore[arg-type]
+        data_dir=settings.DATA_DIR,
+        worker=task.request.hostname or "unknown",
+        device=_device(settings.WORKER_DEVICE),
+        heartbeat_seconds=settings.WORKER_HEARTBEAT_SECONDS,
+        stale_after=settings.stale_after,
+    )
+
+
+@app.task(bind=True, name="worker.tasks.train_run")
+def train_run(self: Task, run_id: int) -> str:
+    outcome = jobs.run_training(int(run_id), ctx=job_context(self))
+    log.info("train run %s: %s", run_id, outcome)
+    return outcome.value
+
+
+@app.task(bind=True, name="worker.tasks.evaluate_run")
+def evaluate_run(self: Task, run_id: int) -> str:
+    outcome = jobs.run_evaluation(int(run_id), ctx=job_context(self))
+    log.info("eval run %s: %s", run_id, outcome)
+    return outcome.value
