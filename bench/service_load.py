@@ -1,0 +1,270 @@
+"""Service load benchmark (prints a table, not a test): the distributed stack (PostgreSQL + Redis) on this machine.
+
+    .venv/bin/python bench/service_load.py [--runs 5] [--clients 50] [--requests 20]
+
+1. submit -> running: POST /runs until a real Celery worker (Redis broker) has claimed the run.
+2. metric ingest: points/s through store.metrics.append_metrics (the worker's per-step calls, and batched).
+3. the comparison query: api.services.comparisons.aligned for 4 runs x 6 metrics x 10k steps.
+4. GET /runs at N concurrent clients against a real uvicorn on 127.0.0.1 (p50/p99).
+Env: BENCH_DATABASE_URL (default DATABASE_TEST_URL or postgresql+psycopg://postgres@127.0.0.1:5432/test; a fresh
+schema is created and dropped), BENCH_REDIS_URL (default redis://127.0.0.1:6379, a free database number is used).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from api.schemas import ComparisonCreate  # noqa: E402
+from api.services import Services  # noqa: E402
+from api.services import comparisons as comparison_service  # noqa: E402
+from api.settings import Settings  # noqa: E402
+from store import metrics, runs, teams  # noqa: E402
+from store.migrate import upgrade  # noqa: E402
+from trainer.config import TrainConfig  # noqa: E402
+
+PG_URL = os.environ.get("BENCH_DATABASE_URL") or os.environ.get(
+    "DATABASE_TEST_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+REDIS_BASE = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379").rstrip("/")
+LOCK = "flowdppo:bench:lock"
+KEYS = ["reward/total/mean", "kl_old/mean", "kl_ref/mean", "mask/fraction", "loss/policy", "grad_norm"]
+TINY = {"steps": 1, "prompts_per_step": 2, "group_size": 2, "num_steps": 4, "sde_steps": 1, "num_minibatches": 1,
+        "eval_every": 0, "sample_every": 0, "checkpoint_every": 0}  # fmt: skip
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def free_redis_db() -> tuple[str, object]:
+    import redis
+
+    for db in range(12, 0, -1):
+        client = redis.Redis.from_url(f"{REDIS_BASE}/{db}")
+        if client.set(LOCK, "1", nx=True, ex=1800) and client.dbsize() == 1:
+            return f"{REDIS_BASE}/{db}", client
+    raise SystemExit("no free Redis database number")
+
+
+def bench_submit_to_running(
+    services: Services, team_id: int, base_path: str | None, n: int, tmp: Path
+) -> tuple[list[float], list[float]]:
+    """n sequential submissions to an idle worker: service call (validate, commit, enqueue) -> the worker's claim.
+
+    Returns (submit -> running latencies, API-side latencies of the create call alone)."""
+    from api.schemas import RunCreate
+    from api.services import runs as run_service
+    from worker.launch import start_worker_process
+    from worker.settings import WorkerSettings
+
+    s = services.settings
+    worker = start_worker_process(
+        WorkerSettings(DATA_DIR=s.DATA_DIR, DATABASE_URL=s.DATABASE_URL, BROKER_URL=s.BROKER_URL),
+        reaper=False, log_file=tmp / "worker.log",
+    )  # fmt: skip
+    latencies, api_side = [], []
+    try:
+        for i in range(n + 1):  # the first one warms the worker up (connection, imports): not counted
+            body = RunCreate(preset="shapes-dppo", overrides={**TINY, "model_path": base_path})
+            t0 = time.perf_counter()
+            with services.session() as session:
+                run = run_service.create_run(session, queue=services.queue, team_id=team_id, body=body)
+            t_api = time.perf_counter() - t0
+            while True:
+                with services.session() as session:
+                    status = runs.get_run(session, run_id=run.id).status
+                if status != "queued":
+                    break
+                if time.perf_counter() - t0 > 120:
+                    raise SystemExit(f"run {run.id} never started; see {tmp / 'worker.log'}")
+                time.sleep(0.005)
+            if i:
+                latencies.append(time.perf_counter() - t0)
+                api_side.append(t_api)
+            while status in ("queued", "running"):  # let it finish, so the next one finds the worker idle
+                time.sleep(0.05)
+                with services.session() as session:
+                    status = runs.get_run(session, run_id=run.id).status
+            time.sleep(2.0)  # the worker acks and replaces its child (max-tasks-per-child 1): measure it idle
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(timeout=60)
+    return latencies, api_side
+
+
+def bench_ingest(services: Services, team_id: int) -> tuple[float, float]:
+    """points/s: 2000 per-step calls of 30 keys (the worker's pattern), then 20k steps x 30 keys in 1000-step calls."""
+    keys = [f"k/{i}" for i in range(30)]
+    with services.session() as session:
+        run_id = runs.create_run(session, team_id=team_id, config={"steps": 1}).id
+        t0 = time.perf_counter()
+        for step in range(2000):
+            metrics.append_metrics(session, run_id=run_id, step=step, values={k: step * 0.1 for k in keys})
+        per_step = 2000 * 30 / (time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        for start in range(2000, 22000, 1000):
+            rows = [(s, k, s * 0.1) for s in range(start, start + 1000) for k in keys]
+            metrics.append_metrics(session, run_id=run_id, rows=rows)
+        batched = 20000 * 30 / (time.perf_counter() - t0)
+    return per_step, batched
+
+
+def bench_comparison(services: Services, team_id: int, repeats: int = 10) -> list[float]:
+    body = ComparisonCreate(name="bench", preset="shapes-dppo", variants={f"v{i}": {"seed": i} for i in range(4)})
+    with services.session() as session:
+
+        class NoQueue:  # the rows are what we time; no worker should run these
+            def enqueue_run(self, *, run_id: int, kind: str) -> None:
+                pass
+
+        comparison = comparison_service.create_comparison(session, queue=NoQueue(), team_id=team_id, body=body)  # type: ignore[arg-type]
+        for run in comparison.runs:
+            rows = [(s, k, (s % 97) * 0.01) for s in range(10_000) for k in KEYS]
+            metrics.append_metrics(session, run_id=run.id, rows=rows)
+    times = []
+    for _ in range(repeats):
+        with services.session() as session:
+            t0 = time.perf_counter()
+            aligned = comparison_service.aligned(session, team_id=team_id, comparison_id=comparison.id, keys=KEYS)
+            times.append(time.perf_counter() - t0)
+    assert len(aligned.series) == 6 and all(len(v) == 500 for s in aligned.series for v in s.values.values())
+    return times
+
+
+def bench_list_runs(settings: Settings, token: str, clients: int, requests: int) -> list[float]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "DATABASE_URL": settings.DATABASE_URL, "BROKER_URL": settings.BROKER_URL,
+           "DATA_DIR": str(settings.DATA_DIR)}  # fmt: skip
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory", "--host", "127.0.0.1", "--port",
+         str(port), "--log-level", "warning", "--no-access-log"],
+        cwd=ROOT, env=env, start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/api/v1/runs"
+    headers = {"Authorization": f"Bearer {token}"}
+    try:
+        for _ in range(100):
+            try:
+                httpx.get(url, headers=headers).raise_for_status()
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        latencies: list[float] = []
+        lock, barrier = threading.Lock(), threading.Barrier(clients)
+
+        def client() -> None:
+            with httpx.Client(headers=headers, timeout=30) as http:
+                http.get(url).raise_for_status()  # connect first
+                barrier.wait()
+                mine = []
+                for _ in range(requests):
+                    t0 = time.perf_counter()
+                    http.get(url).raise_for_status()
+                    mine.append(time.perf_counter() - t0)
+                with lock:
+                    latencies.extend(mine)
+
+        threads = [threading.Thread(target=client) for _ in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return latencies
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5, help="submissions for the submit->running latency")
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--requests", type=int, default=20, help="GET /runs per client")
+    args = parser.parse_args()
+
+    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    schema = f"bench_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    redis_url, redis_client = free_redis_db()
+    tmp = Path(tempfile.mkdtemp(prefix="service-load-"))
+    try:
+        db_url = f"{PG_URL}{'&' if '?' in PG_URL else '?'}options=-csearch_path%3D{schema}"
+        upgrade(db_url)
+        settings = Settings(DATA_DIR=tmp / "data", DATABASE_URL=db_url, BROKER_URL=redis_url)
+        services = Services.from_settings(settings)
+        with services.session() as session:
+            team = teams.create_team(session, name="bench")
+            _, token = teams.create_token(session, team_id=team.id)
+            team_id = team.id
+        base_path = _base_model(tmp)
+        submit, api_side = bench_submit_to_running(services, team_id, base_path, args.runs, tmp)
+        per_step, batched = bench_ingest(services, team_id)
+        comparison = bench_comparison(services, team_id)
+        with services.session() as session:  # a realistic page: 50 runs with full configs
+            for _ in range(60):
+                runs.create_run(session, team_id=team_id, config=TrainConfig().model_dump(mode="json"))
+        listing = bench_list_runs(settings, token, args.clients, args.requests)
+        services.close()
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+        admin.dispose()
+        redis_client.flushdb()  # type: ignore[attr-defined]
+
+    sub = statistics.median(submit)
+    p99 = pct(listing, 99)
+    rows = [
+        ("submit -> running (Redis, median)", f"{sub:.3f} s", "<= 1 s", sub <= 1),
+        ("  of which API create+commit+enqueue", f"{statistics.median(api_side) * 1000:.1f} ms", "", True),
+        ("metric ingest, per-step calls", f"{per_step:,.0f} points/s", ">= 20k points/s", per_step >= 20_000),
+        ("metric ingest, batched calls", f"{batched:,.0f} points/s", ">= 20k points/s", batched >= 20_000),
+        ("comparison 4 runs x 6 keys x 10k (median)", f"{statistics.median(comparison) * 1000:.0f} ms", "<= 150 ms",
+         statistics.median(comparison) <= 0.150),
+        (f"GET /runs p50 ({args.clients} clients)", f"{pct(listing, 50) * 1000:.1f} ms", "", True),
+        (f"GET /runs p99 ({args.clients} clients)", f"{p99 * 1000:.1f} ms", "p99 <= 50 ms", p99 <= 0.050),
+    ]  # fmt: skip
+    width = max(len(r[0]) for r in rows)
+    print(f"{'measure':<{width}}  {'measured':>18}  {'target':>16}  ok")
+    for name, measured, target, ok in rows:
+        print(f"{name:<{width}}  {measured:>18}  {target:>16}  {'yes' if ok else 'NO'}")
+    print(f"(PostgreSQL {PG_URL.rsplit('@', 1)[-1]}, Redis {redis_url}, {os.cpu_count()} CPUs, "
+          f"{len(listing)} GET /runs with 50 runs per page)")  # fmt: skip
+
+
+def _base_model(tmp: Path) -> str | None:
+    from importlib import resources
+
+    from trainer.models.builtin import SHIPPED_BASE
+
+    if Path(str(resources.files("trainer") / "assets" / SHIPPED_BASE)).is_file():
+        return None
+    from trainer.pretrain import pretrain_base
+
+    path = tmp / "base.safetensors"
+    pretrain_base(path, steps=1, batch_size=4, eval_samples=4)
+    return str(path)
+
+
+if __name__ == "__main__":
+    main()
