@@ -131,6 +131,12 @@ def session(db_engine: sa.Engine) -> Iterator[Session]:
         yield s
 
 
+@pytest.fixture
+def sqlite_url(tmp_path: Path, sqlite_template: Path) -> str:
+    """A migrated SQLite file of this test's own."""
+    return fresh_sqlite_url(sqlite_template, tmp_path)
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def process_db_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path) -> str:
     """A database URL other processes (Celery workers) can open: a SQLite file copy or a fresh PostgreSQL schema."""

@@ -12,6 +12,8 @@ from store.models import Run, utcnow
 from worker import jobs, reaper
 
 KEY = "reward/total/mean"  # a spec §7 metric reported at every step
+# Tests that train for real run on SQLite only (2 shared cores); the Celery tests train on PostgreSQL too.
+sqlite_only = pytest.mark.parametrize("db_engine", ["sqlite"], indirect=True)
 
 
 def _steps(session, run_id: int, key: str = KEY) -> list[int]:
@@ -46,6 +48,7 @@ def _wrapping_train(hook):
 
 
 @pytest.mark.slow
+@sqlite_only
 def test_tiny_training_run_writes_rows_and_files(session, ctx, make_run, tiny_config):
     run = make_run(tiny_config())
     assert jobs.run_training(run.id, ctx=ctx) == jobs.Outcome.SUCCEEDED
@@ -82,6 +85,7 @@ def test_finished_and_cancelled_runs_are_skipped(session, ctx, make_run, tiny_co
 
 
 @pytest.mark.slow
+@sqlite_only
 def test_cancel_stops_within_one_step(session, ctx, make_run, tiny_config):
     run = make_run(tiny_config(steps=50, checkpoint_every=0, sample_every=0))
 
@@ -98,6 +102,7 @@ def test_cancel_stops_within_one_step(session, ctx, make_run, tiny_config):
 
 
 @pytest.mark.slow
+@sqlite_only
 def test_killed_run_is_reaped_and_resumes_without_missing_or_doubled_steps(session, ctx, make_run, tiny_config):
     run = make_run(tiny_config(steps=5), max_attempts=3)
 
@@ -188,6 +193,7 @@ def test_trainer_errors_and_invalid_configs_fail_the_run_visibly(session, ctx, m
 
 
 @pytest.mark.slow
+@sqlite_only
 def test_evaluation_of_a_checkpoint(session, ctx, make_run, tiny_config):
     from trainer.config import EvalConfig, TrainConfig
 
