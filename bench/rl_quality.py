@@ -75,21 +75,29 @@ def main() -> None:
     args = parser.parse_args()
     jobs = [(s, p, seed) for s in args.settings for p in ("shapes-clip", "shapes-dppo") for seed in range(args.seeds)]
     with ProcessPoolExecutor(args.workers) as pool:
-        futures = {job: pool.submit(run_one, job[1], SETTINGS[job[0]], job[2], args.steps, args.eval_every)
-                   for job in jobs}
+        futures = {
+            job: pool.submit(run_one, job[1], SETTINGS[job[0]], job[2], args.steps, args.eval_every) for job in jobs
+        }
         results = {job: f.result() for job, f in futures.items()}
     print(f"\nheld-out verifier reward (ODE, 40 steps), {args.steps} RL steps, {args.seeds} seeds, mean±std")
-    header = f"{'setting':24s} {'loss':6s} {'base':>12s} {'final':>12s} {'best':>12s} {'KL_ref e-3':>12s} " \
-             f"{'masked/clipped':>15s} {'time s':>8s}"
+    header = (
+        f"{'setting':24s} {'loss':6s} {'base':>12s} {'final':>12s} {'best':>12s} {'KL_ref e-3':>12s} "
+        f"{'masked/clipped':>15s} {'time s':>8s}"
+    )
     print(header)
     print("-" * len(header))
     for setting in args.settings:
         for preset in ("shapes-clip", "shapes-dppo"):
             rs = [results[(setting, preset, seed)] for seed in range(args.seeds)]
-            col = lambda k: [r[k] for r in rs]  # noqa: E731
-            print(f"{setting:24s} {preset.split('-')[-1]:6s} {fmt(col('base')):>12s} {fmt(col('final')):>12s} "
-                  f"{fmt(col('best')):>12s} {fmt(col('kl_ref'), 1e3):>12s} {fmt(col('fraction')):>15s} "
-                  f"{statistics.mean(col('time')):8.0f}")
+
+            def col(key: str, rs=rs) -> list[float]:
+                return [r[key] for r in rs]
+
+            print(
+                f"{setting:24s} {preset.split('-')[-1]:6s} {fmt(col('base')):>12s} {fmt(col('final')):>12s} "
+                f"{fmt(col('best')):>12s} {fmt(col('kl_ref'), 1e3):>12s} {fmt(col('fraction')):>15s} "
+                f"{statistics.mean(col('time')):8.0f}"
+            )
 
 
 if __name__ == "__main__":

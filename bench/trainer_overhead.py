@@ -92,14 +92,18 @@ def main() -> None:
         ("reward computation", reward),
         ("bare work total", bare),
     ]
-    print(f"\n{args.preset}: B={config.rollout_batch_size}, S={config.num_sde_steps}, T={config.num_steps}, "
-          f"M={config.num_minibatches}, I={config.inner_epochs}, threads={args.threads}")
+    print(
+        f"\n{args.preset}: B={config.rollout_batch_size}, S={config.num_sde_steps}, T={config.num_steps}, "
+        f"M={config.num_minibatches}, I={config.inner_epochs}, threads={args.threads}"
+    )
     print(f"{'what':44s} {'seconds':>10s}")
     for name, value in rows:
         print(f"{name:44s} {value:10.4f}")
     overhead = step / bare - 1
-    print(f"{'overhead (step / bare - 1)':44s} {overhead * 100:9.1f}%   target <= 15%  "
-          f"{'OK' if overhead <= 0.15 else 'MISSED'}")
+    print(
+        f"{'overhead (step / bare - 1)':44s} {overhead * 100:9.1f}%   target <= 15%  "
+        f"{'OK' if overhead <= 0.15 else 'MISSED'}"
+    )
 
 
 if __name__ == "__main__":

@@ -77,7 +77,9 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> Che
     )
 
 
-def load_weights(path: Path, use_ema: bool = True, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+def load_weights(
+    path: Path, use_ema: bool = True, map_location: str | torch.device = "cpu"
+) -> dict[str, torch.Tensor]:
     """Only the weights of a checkpoint (EMA when present and asked for): what evaluation needs."""
     path = Path(path)
     ema_file = path / "ema.safetensors"

@@ -15,17 +15,23 @@ from trainer.config import TrainConfig, format_validation_error, parse_overrides
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="Run a standalone training (no platform) with a progress bar.")
     p.add_argument("config", help="Preset name (e.g. shapes-dppo) or a JSON/YAML config file.")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="Override a config field, e.g. --set loss=clip --set rewards.0.weight=0.5")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Override a config field, e.g. --set loss=clip --set rewards.0.weight=0.5",
+    )
     p.add_argument("--steps", type=int, help="Shortcut for --set steps=N.")
     p.add_argument("--out", type=Path, help="Output folder (default runs/<config name>).")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0.")
     p.set_defaults(handler=_train)
 
     p = subparsers.add_parser("pretrain-base", help="Rebuild the shipped built-in base model by flow matching.")
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--steps", type=int, default=400)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="Default: the shipped trainer/assets file.")
     p.set_defaults(handler=_pretrain)
@@ -72,8 +78,11 @@ def _train(args: argparse.Namespace) -> int:
             if step == 0:
                 return
             bar.update(step - bar.n)
-            shown = {k.split("/")[-2] if k.count("/") > 1 else k: metrics[k]
-                     for k in ("reward/total/mean", "eval/reward/total/mean", "kl_old/mean") if k in metrics}
+            shown = {
+                k.split("/")[-2] if k.count("/") > 1 else k: metrics[k]
+                for k in ("reward/total/mean", "eval/reward/total/mean", "kl_old/mean")
+                if k in metrics
+            }
             bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()})
 
     result = train(config, CallbackList([JsonlCallback(out), ProgressBar()]), out_dir=out, device=args.device)
@@ -97,7 +106,9 @@ def _pretrain(args: argparse.Namespace) -> int:
 
     info = pretrain_base(out, args.steps, args.batch_size, args.lr, args.seed, on_step=on_step)
     bar.close()
-    print(f"saved {out}: " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in info.items()))
+    print(
+        f"saved {out}: " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in info.items())
+    )
     return 0
 
 

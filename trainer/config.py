@@ -28,7 +28,8 @@ class RewardSpec(BaseModel):
     name: str = Field(description="Registered reward name, e.g. 'shapes', 'jpeg_compressibility', 'pickscore'.")
     weight: float = Field(1.0, ge=0.0, description="Weight in the aggregate (spec §5). 0 = monitor only.")
     options: dict[str, Any] = Field(
-        default_factory=dict, description="Reward-specific options, e.g. {'path': '/models/pickscore'} or {'url': ...}."
+        default_factory=dict,
+        description="Reward-specific options, e.g. {'path': '/models/pickscore'} or {'url': ...}.",
     )
 
 
@@ -66,7 +67,9 @@ class TrainConfig(BaseModel):
     )
     num_steps: int = Field(10, ge=2, le=1000, description="Sampling steps during training rollouts (spec §6: 10).")
     shift: float = Field(3.0, gt=0.0, description="Timestep shift of the flow-matching schedule (SD3: 3).")
-    sde_steps: int | Literal["all"] = Field(3, description="Stochastic (trained) steps per rollout, or 'all' (spec §1).")
+    sde_steps: int | Literal["all"] = Field(
+        3, description="Stochastic (trained) steps per rollout, or 'all' (spec §1)."
+    )
     sde_window: tuple[float, float] = Field(
         (0.0, 0.5), description="Fraction [start, end) of the schedule the SDE steps are drawn from (spec §1)."
     )
@@ -109,7 +112,9 @@ class TrainConfig(BaseModel):
 
     # --- evaluation, samples, checkpoints ---
     eval_every: int = Field(10, ge=0, description="Evaluate on held-out prompts every N steps (0 = never).")
-    eval_num_prompts: int = Field(32, ge=1, le=10_000, description="Held-out prompts per evaluation.")
+    eval_num_samples: int = Field(
+        36, ge=1, le=10_000, description="Held-out images per evaluation: the prompt set cycled, seed = index."
+    )
     eval_num_steps: int = Field(40, ge=2, le=1000, description="ODE steps at evaluation (spec §6: 40).")
     eval_guidance_scale: float = Field(1.0, ge=1.0, le=30.0, description="CFG at evaluation (SD3.5: 4.5).")
     sample_every: int = Field(10, ge=0, description="Log sample images every N steps (0 = never).")

@@ -86,7 +86,11 @@ def _to_samples(prompts, seeds, images, table, offset: int = 0) -> list[Sample]:
 
 
 def evaluation_metrics(model, config: TrainConfig, prompts: list[str], rewards, ema=None) -> dict[str, float]:
-    """Held-out rewards of the current (or EMA) weights: eval/reward/<name>/mean and eval/reward/total/mean."""
+    """Held-out rewards of the current (or EMA) weights: eval/reward/<name>/mean and eval/reward/total/mean.
+
+    The prompt set is cycled to config.eval_num_samples images (seed = image index), the same for every run.
+    """
+    prompts = [prompts[i % len(prompts)] for i in range(config.eval_num_samples)]
     seeds = list(range(len(prompts)))
     with swapped_weights(model, ema):
         images = generate(model, prompts, seeds, config.eval_num_steps, config.eval_guidance_scale, EVAL_BATCH)
@@ -135,7 +139,9 @@ def evaluate(
         if callback.should_stop():
             break
         batch_prompts, batch_seeds = prompts[lo : lo + config.batch_size], seeds[lo : lo + config.batch_size]
-        images = generate(model, batch_prompts, batch_seeds, config.num_steps, config.guidance_scale, config.batch_size)
+        images = generate(
+            model, batch_prompts, batch_seeds, config.num_steps, config.guidance_scale, config.batch_size
+        )
         table = score_images(rewards, images, batch_prompts)
         table["total"] = _weighted_total(train_config, table)
         batch_samples = _to_samples(batch_prompts, batch_seeds, images, table, offset=lo)

@@ -1,4 +1,4 @@
-"""Named configs as data: the built-in shapes domain with each loss and sampler, identical but for those and seeded alike."""
+"""Named configs as data: the built-in shapes domain with each loss and sampler, identical but for those."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ _SHAPES = dict(
     shared_initial_noise=True,  # trainer issue: with independent noise the group spread was mostly noise
     learning_rate=1e-4,  # trainer issue: lr 1e-4 lifted held-out reward 0.69 -> 0.74-0.79 in 60-150 steps
     eval_every=10,
-    eval_num_prompts=32,
     sample_every=10,
     num_logged_samples=8,
     checkpoint_every=10,

@@ -12,22 +12,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from trainer.config import TrainConfig
+from trainer.evaluate import evaluation_metrics
 from trainer.models.builtin import BuiltinModel, new_networks, save_base
 from trainer.prompts import load_prompts
 from trainer.rewards import build_reward
 from trainer.shapes import render
-from trainer.evaluate import generate
 
 CAPTION_DROPOUT = 0.1  # empty prompts, so classifier-free guidance works on the built-in model
 
 
 def pretrain_base(
     out_path: Path,
-    steps: int = 300,
+    steps: int = 400,
     batch_size: int = 64,
-    learning_rate: float = 1e-3,
+    learning_rate: float = 3e-3,
     seed: int = 0,
-    eval_prompts: int = 64,
+    eval_samples: int = 72,
     on_step: Callable[[int, float], None] | None = None,
 ) -> dict[str, float]:
     """Fit a fresh tiny model to `shapes:train` and save it to `out_path`; returns its held-out verifier reward."""
@@ -38,7 +39,7 @@ def pretrain_base(
     transformer, text_encoder = new_networks(vocab)
     params = list(transformer.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate, total_steps=steps, pct_start=0.1)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate, total_steps=steps, pct_start=0.05)
     transformer.train()
     text_encoder.train()
     for step in range(1, steps + 1):
@@ -50,7 +51,9 @@ def pretrain_base(
         xs = (1 - s.view(-1, 1, 1, 1)) * x0 + s.view(-1, 1, 1, 1) * eps
         embeds = text_encoder(prompts)
         v = transformer(
-            hidden_states=xs, encoder_hidden_states=embeds["tokens"], pooled_projections=embeds["pooled"],
+            hidden_states=xs,
+            encoder_hidden_states=embeds["tokens"],
+            pooled_projections=embeds["pooled"],
             timestep=s * 1000,
         ).sample
         loss = torch.nn.functional.mse_loss(v, eps - x0)
@@ -62,16 +65,15 @@ def pretrain_base(
         if on_step is not None:
             on_step(step, loss.item())
     info = {"steps": steps, "batch_size": batch_size, "learning_rate": learning_rate, "seed": seed}
-    info.update(heldout_reward(BuiltinModel(transformer, text_encoder), eval_prompts))
+    info.update(heldout_reward(BuiltinModel(transformer, text_encoder), eval_samples))
     save_base(out_path, transformer, text_encoder, info)
     return info
 
 
-def heldout_reward(model: BuiltinModel, num_prompts: int, num_steps: int = 40) -> dict[str, float]:
-    """Mean verifier rewards of ODE samples on held-out prompts (seed = index)."""
-    prompts = load_prompts("shapes:heldout")[:num_prompts]
-    images = generate(model, prompts, list(range(len(prompts))), num_steps, guidance_scale=1.0, batch_size=64)
-    out = {}
-    for name in ("shapes", "shapes_color", "shapes_shape", "shapes_position"):
-        out[f"heldout/{name}"] = build_reward(name)(images, prompts).mean().item()
-    return out
+def heldout_reward(model: BuiltinModel, num_samples: int) -> dict[str, float]:
+    """Held-out verifier rewards (overall and per attribute) of ODE samples, measured as RL runs measure them."""
+    names = ("shapes", "shapes_color", "shapes_shape", "shapes_position")
+    config = TrainConfig(rewards=[{"name": n} for n in names], eval_num_samples=num_samples)
+    rewards = {n: build_reward(n) for n in names}
+    metrics = evaluation_metrics(model, config, load_prompts(config.eval_prompts), rewards)
+    return {k: v for k, v in metrics.items() if k != "eval/reward/total/mean"}

@@ -83,7 +83,7 @@ def train(
         ema, start = state.ema, state.step
         log.info("resumed from %s at step %d", ckpt, start)
     train_prompts = load_prompts(config.train_prompts)
-    eval_prompts = load_prompts(config.eval_prompts)[: config.eval_num_prompts]
+    eval_prompts = load_prompts(config.eval_prompts)
     sigmas = model.sigmas(config.num_steps)
     if start == 0 and config.eval_every:  # the base model's held-out reward, the curves' starting point
         callback.on_metrics(0, evaluation_metrics(model, config, eval_prompts, rewards, ema))
@@ -246,11 +246,16 @@ def _update(model, optimizer, config: TrainConfig, rollout: Rollout, adv, ema, s
         traj = rollout.traj
         n = traj.mean_ref.shape[0]
         std = traj.std.repeat(n).view(-1, 1, 1, 1)
-        ref_kl = gaussian_kl(traj.mean_old[:n].flatten(0, 1), traj.mean_ref.flatten(0, 1), std, config.logprob_reduction)
+        ref_kl = gaussian_kl(
+            traj.mean_old[:n].flatten(0, 1), traj.mean_ref.flatten(0, 1), std, config.logprob_reduction
+        )
         out["kl_ref/mean"] = ref_kl.mean().item()
     if out.get("selftest/ratio_dev", 0.0) > SELFTEST_TOLERANCE or out.get("selftest/kl_dev", 0.0) > SELFTEST_TOLERANCE:
-        log.warning("self-test: first-step ratio/KL deviate from 1/0 by %.2e/%.2e (numerics or a nondeterministic "
-                    "model)", out["selftest/ratio_dev"], out["selftest/kl_dev"])
+        log.warning(
+            "self-test: first-step ratio/KL deviate from 1/0 by %.2e/%.2e (numerics or a nondeterministic model)",
+            out["selftest/ratio_dev"],
+            out["selftest/kl_dev"],
+        )
     return out
 
 

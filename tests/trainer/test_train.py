@@ -105,7 +105,7 @@ def test_should_stop_ends_within_one_step_and_checkpoints(tmp_path):
 
 
 def test_jsonl_callback_and_samples(tmp_path):
-    config = tiny_config(steps=1, sample_every=1, num_logged_samples=3, eval_every=1, eval_num_prompts=4,
+    config = tiny_config(steps=1, sample_every=1, num_logged_samples=3, eval_every=1, eval_num_samples=4,
                          eval_num_steps=4)
     rec = Recorder()
     train(config, JsonlCallback(tmp_path), out_dir=tmp_path)

@@ -56,7 +56,9 @@ class WordTextEncoder(nn.Module):
         ids = torch.full((len(prompts), self.max_len), self.index[PAD], dtype=torch.long)
         for row, prompt in enumerate(prompts):
             words = prompt.lower().replace(",", " ").split()[: self.max_len]
-            ids[row, : len(words)] = torch.tensor([self.index.get(w, self.index[UNK]) for w in words], dtype=torch.long)
+            ids[row, : len(words)] = torch.tensor(
+                [self.index.get(w, self.index[UNK]) for w in words], dtype=torch.long
+            )
         return ids
 
     def forward(self, prompts: list[str]) -> PromptEmbeds:
@@ -98,8 +100,16 @@ class BuiltinModel(FlowModel):
         if lora_rank > 0:
             from peft import LoraConfig
 
-            targets = lora_target_modules or ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj",
-                                              "add_v_proj", "to_add_out"]
+            targets = lora_target_modules or [
+                "to_q",
+                "to_k",
+                "to_v",
+                "to_out.0",
+                "add_q_proj",
+                "add_k_proj",
+                "add_v_proj",
+                "to_add_out",
+            ]
             self.transformer.requires_grad_(False)
             self.transformer.add_adapter(
                 LoraConfig(r=lora_rank, lora_alpha=lora_alpha, target_modules=targets, init_lora_weights="gaussian")
@@ -211,11 +221,13 @@ def load_base_networks(path: str | Path | None = None):
         meta = f.metadata()
     tensors = load_file(str(path))
     transformer = SD3Transformer2DModel(**json.loads(meta["transformer_config"]))
-    transformer.load_state_dict({k[len("transformer."):]: v for k, v in tensors.items() if k.startswith("transformer.")})
+    transformer.load_state_dict(
+        {k[len("transformer.") :]: v for k, v in tensors.items() if k.startswith("transformer.")}
+    )
     vocab = json.loads(meta["vocab"])
     text_encoder = WordTextEncoder(vocab, dim=transformer.config.joint_attention_dim)
     text_encoder.load_state_dict(
-        {k[len("text_encoder."):]: v for k, v in tensors.items() if k.startswith("text_encoder.")}
+        {k[len("text_encoder.") :]: v for k, v in tensors.items() if k.startswith("text_encoder.")}
     )
     return transformer, text_encoder, json.loads(meta.get("info", "{}"))
 
