@@ -1,0 +1,147 @@
+"""Deterministic dashboard data written through store/ functions: a clip vs dppo comparison as workers leave it
+(metrics with spec §7 names, sample images with thumbnails, checkpoints, events). Used by the ui tests and bench.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy.orm import Session
+
+from store import artifacts, checkpoints, metrics, samples, teams
+from store import comparisons as store_comparisons
+from store import runs as store_runs
+from store.models import utcnow
+from store.session import begin_write
+from trainer.presets import get_preset
+
+PROMPTS = ["a red circle", "two blue squares", "a green triangle above a yellow circle", "three purple stars"]
+COLOURS = {"red": (220, 40, 40), "blue": (40, 80, 220), "green": (40, 170, 60), "yellow": (230, 200, 40),
+           "purple": (140, 60, 180)}  # fmt: skip
+
+
+@dataclass
+class Team:
+    team_id: int
+    name: str
+    token: str
+
+
+def make_team(session: Session, *, admin: bool = False) -> Team:
+    team = teams.create_team(session, name=f"ui-{uuid.uuid4().hex[:10]}")
+    _, plaintext = teams.create_token(session, team_id=team.id, is_admin=admin)
+    session.commit()
+    return Team(team.id, team.name, plaintext)
+
+
+def curves(variant: str, steps: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Plausible per-step metrics: dppo climbs higher with less drift from the base than clip."""
+    dppo = variant.endswith("dppo")
+    n = len(steps)
+    scale = max(steps[-1], 1) / 6
+    gain = 0.22 if dppo else 0.12
+    reward = 0.62 + gain * (1 - np.exp(-steps / scale)) + rng.normal(0, 0.02, n)
+    kl_ref = (0.8 if dppo else 1.6) * (steps / max(steps[-1], 1)) ** 0.8 * 1e-3 + np.abs(rng.normal(0, 2e-5, n))
+    out = {
+        "reward/total/mean": reward,
+        "reward/shapes/mean": reward,
+        "kl_old/mean": np.abs(rng.normal(8e-6 if dppo else 2e-5, 3e-6, n)),
+        "kl_ref/mean": kl_ref,
+        "ratio/min": 1 - np.abs(rng.normal(0.004 if dppo else 0.012, 0.002, n)),
+        "ratio/max": 1 + np.abs(rng.normal(0.004 if dppo else 0.012, 0.002, n)),
+        "grad_norm": np.abs(rng.normal(0.3, 0.05, n)),
+        "approx_kl": np.abs(rng.normal(1e-5, 3e-6, n)),
+        "time/rollout_s": np.full(n, 0.6),
+        "time/reward_s": np.full(n, 0.05),
+        "time/train_s": np.full(n, 0.4),
+    }
+    out["mask/fraction" if dppo else "clip/fraction"] = np.clip(rng.normal(0.08 if dppo else 0.35, 0.02, n), 0, 1)
+    return out
+
+
+def shape_image(prompt: str, quality: float, seed: int, size: int = 32) -> np.ndarray:
+    """A small picture of the prompt's first colour as a disc; `quality` sharpens it (better runs look better)."""
+    rng = np.random.default_rng(seed)
+    colour = next((c for name, c in COLOURS.items() if name in prompt), (120, 120, 120))
+    yy, xx = np.mgrid[:size, :size]
+    r = np.hypot(yy - size / 2, xx - size / 2)
+    disc = (r < size * 0.3).astype(float)
+    noise = rng.normal(0, (1 - quality) * 60, (size, size, 1))
+    img = 235 - disc[..., None] * (235 - np.array(colour)) + noise
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def seed_comparison(
+    session: Session,
+    *,
+    team_id: int,
+    data_dir: Path,
+    steps: int = 60,
+    variants: tuple[str, ...] = ("clip", "dppo"),
+    sample_every: int = 20,
+    keys: tuple[str, ...] | None = None,
+    seed: int = 0,
+) -> tuple[int, list[int]]:
+    """A finished comparison with `steps` steps per run; returns (comparison id, run ids in variant order)."""
+    base = get_preset("shapes-dppo").model_copy(update={"steps": steps}).model_dump(mode="json")
+    vrs = [store_comparisons.VariantRun(name=v, config={**base, "loss": v.split("-")[-1]}, overrides={"loss": v})
+           for v in variants]  # fmt: skip
+    comparison, runs = store_comparisons.create_comparison(
+        session, team_id=team_id, name=f"seeded {' vs '.join(variants)}", base_config=base, variants=vrs,
+        preset="shapes-dppo",
+    )  # fmt: skip
+    rng = np.random.default_rng(seed)
+    all_steps = np.arange(1, steps + 1)
+    for run in runs:
+        series = curves(run.variant or "", all_steps.astype(float), rng)
+        rows = [(int(s), k, float(v[i])) for k, v in series.items() if keys is None or k in keys
+                for i, s in enumerate(all_steps)]  # fmt: skip
+        rows += [(int(s), "eval/reward/total/mean", float(series["reward/total/mean"][s - 1] + 0.03))
+                 for s in all_steps if s % 10 == 0]  # fmt: skip
+        metrics.append_metrics(session, run_id=run.id, rows=rows)
+        session.commit()
+        quality_gain = 0.9 if (run.variant or "").endswith("dppo") else 0.5
+        for step in range(0, steps + 1, sample_every):
+            quality = 0.2 + quality_gain * step / max(steps, 1)
+            new = []
+            for index, prompt in enumerate(PROMPTS):
+                image = shape_image(prompt, min(quality, 1.0), seed=run.id * 1000 + step + index)
+                saved = artifacts.save_sample_image(data_dir, run_id=run.id, step=step, index=index, seed=index,
+                                                    image=image)  # fmt: skip
+                reward = float(series["reward/total/mean"][max(step - 1, 0)]) + 0.01 * index
+                new.append(samples.NewSample(step=step, prompt=prompt, seed=index, index=index,
+                                             image_path=saved.image_path, thumb_path=saved.thumb_path,
+                                             rewards={"shapes": round(reward, 4)}))  # fmt: skip
+            samples.add_samples(session, run_id=run.id, samples=new)
+            session.commit()
+        folder = artifacts.run_dir(data_dir, run.id) / "checkpoints" / f"step_{steps:06d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "state.json").write_text(f'{{"step": {steps}}}')
+        checkpoints.add_checkpoint(session, run_id=run.id, step=steps,
+                                   path=artifacts.relative_to_data(data_dir, folder))  # fmt: skip
+        store_runs.add_event(session, run_id=run.id, message=f"finished {steps} steps")
+        finish(session, run.id, steps=steps, seconds=steps * 1.05)
+    return comparison.id, [r.id for r in runs]
+
+
+def finish(session: Session, run_id: int, *, steps: int, seconds: float, status: str = "succeeded") -> None:
+    run = store_runs.get_run(session, run_id=run_id)
+    assert run is not None
+    begin_write(session)
+    end = utcnow()
+    run.status, run.step, run.total_steps, run.progress = status, steps, steps, 1.0
+    run.started_at, run.finished_at, run.worker = end - timedelta(seconds=seconds), end, "celery@seeded"
+    session.commit()
+
+
+def mark_running(session: Session, run_id: int, *, step: int, total: int) -> None:
+    run = store_runs.get_run(session, run_id=run_id)
+    assert run is not None
+    begin_write(session)
+    run.status, run.step, run.total_steps, run.progress = "running", step, total, step / total
+    run.started_at, run.worker = utcnow() - timedelta(seconds=30), "celery@seeded"
+    session.commit()

@@ -1,0 +1,178 @@
+"""Plotly figures of the Compare tab as pure functions of plain data (testable without a browser or a database).
+
+Colours: one per run, the same in every chart of a page (`run_colors`). Smoothing: a debiased exponential moving
+average (`ema`, TensorBoard's), drawn over the faint raw line. Series arrive downsampled (api max_points).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+# Tableau 10: distinguishable, colour-blind friendlier than plotly's default, and fine on white.
+PALETTE = (
+    "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac",
+)  # fmt: skip
+RAW_OPACITY = 0.25
+BAND_OPACITY = 0.15
+RATIO_RANGE = "ratio/min..max"  # a pseudo-key: the band between ratio/min and ratio/max
+TITLES = {
+    "reward/total/mean": "reward (train rollouts)",
+    "eval/reward/total/mean": "reward (held-out, ODE)",
+    "kl_old/mean": "KL to old policy",
+    "kl_ref/mean": "KL to reference (base)",
+    "mask/fraction": "masked fraction (dppo)",
+    "clip/fraction": "clipped fraction (clip)",
+    RATIO_RANGE: "ratio range (min..max)",
+    "grad_norm": "grad norm",
+}
+
+
+@dataclass
+class Line:
+    """One run's series of one metric: x (steps or seconds), y, and optionally a band lo..hi around it."""
+
+    run_id: int
+    x: Sequence[float]
+    y: Sequence[float | None]
+    lo: Sequence[float | None] | None = None
+    hi: Sequence[float | None] | None = None
+    hover: Sequence[str] | None = field(default=None, repr=False)
+
+
+def run_colors(run_ids: Sequence[int]) -> dict[int, str]:
+    """A colour per run by its position among the selected runs (sorted by id, so the order of picking is moot)."""
+    return {run_id: PALETTE[i % len(PALETTE)] for i, run_id in enumerate(sorted(dict.fromkeys(run_ids)))}
+
+
+def ema(values: Sequence[float | None], weight: float) -> list[float | None]:
+    """Debiased exponential moving average: s_t = w·s_{t-1} + (1-w)·v_t, divided by (1 - w^n) over n seen points.
+
+    weight 0 returns the values; None/NaN points stay None and do not move the average.
+    """
+    if not 0.0 <= weight < 1.0:
+        raise ValueError(f"smoothing weight must be in [0, 1), got {weight}")
+    out: list[float | None] = []
+    last, n = 0.0, 0
+    for v in values:
+        if v is None or math.isnan(v):
+            out.append(None)
+            continue
+        last, n = weight * last + (1.0 - weight) * v, n + 1
+        out.append(last / (1.0 - weight**n))
+    return out
+
+
+def metric_title(key: str) -> str:
+    return TITLES.get(key, key)
+
+
+def metric_figure(
+    lines: Mapping[str, Sequence[Line]],
+    *,
+    labels: Mapping[int, str],
+    colors: Mapping[int, str],
+    smoothing: float = 0.0,
+    x_title: str = "step",
+    columns: int = 2,
+) -> go.Figure:
+    """One subplot per metric key (in the given order); per run a faint raw line and its EMA in the run's colour.
+
+    The legend has one entry per run (legendgroup): clicking it hides that run in every subplot.
+    """
+    keys = list(lines) or ["(no metric selected)"]
+    rows = math.ceil(len(keys) / columns)
+    fig = make_subplots(
+        rows=rows, cols=columns, subplot_titles=[metric_title(k) for k in keys],
+        horizontal_spacing=0.08, vertical_spacing=min(0.12, 0.35 / max(rows - 1, 1)),
+    )  # fmt: skip
+    in_legend: set[int] = set()
+    for i, key in enumerate(lines):
+        row, col = i // columns + 1, i % columns + 1
+        for line in lines[key]:
+            for trace in _run_traces(line, key, labels, colors, smoothing, show_legend=line.run_id not in in_legend):
+                fig.add_trace(trace, row=row, col=col)
+            in_legend.add(line.run_id)
+        fig.update_xaxes(title_text=x_title, title_standoff=2, row=row, col=col)
+    fig.update_layout(
+        height=max(320, 270 * rows + 40), margin=dict(l=50, r=20, t=80, b=40), template="plotly_white",
+        legend=dict(orientation="h", yref="container", y=0.995, yanchor="top", x=0.5, xanchor="center"),
+        hovermode="x unified",
+    )  # fmt: skip
+    return fig
+
+
+def _run_traces(
+    line: Line, key: str, labels: Mapping[int, str], colors: Mapping[int, str], smoothing: float, *, show_legend: bool
+) -> list[go.Scatter]:
+    color, label = colors[line.run_id], labels.get(line.run_id, f"#{line.run_id}")
+    common = dict(legendgroup=str(line.run_id), line=dict(color=color), x=list(line.x))
+    traces = []
+    if line.lo is not None and line.hi is not None:  # a band (the ratio range, or a bucket's min..max)
+        traces.append(go.Scatter(**common, y=list(line.hi), mode="lines", line_width=0, showlegend=False,
+                                 name=f"{label} max", hoverinfo="skip", meta="band"))  # fmt: skip
+        traces.append(go.Scatter(**common, y=list(line.lo), mode="lines", line_width=0, fill="tonexty",
+                                 fillcolor=_alpha(color, BAND_OPACITY), showlegend=False, name=f"{label} min",
+                                 hoverinfo="skip", meta="band"))  # fmt: skip
+    if smoothing > 0:
+        traces.append(go.Scatter(**common, y=list(line.y), mode="lines", opacity=RAW_OPACITY, showlegend=False,
+                                 name=f"{label} (raw)", hoverinfo="skip", meta="raw"))  # fmt: skip
+    traces.append(
+        go.Scatter(
+            **common,
+            y=ema(line.y, smoothing),
+            mode="lines",
+            name=label,
+            showlegend=show_legend,
+            meta="smoothed",
+            hovertemplate=f"{label}: %{{y:.4g}}<extra>{metric_title(key)}</extra>",
+        )  # fmt: skip
+    )
+    return traces
+
+
+def reward_kl_figure(
+    points: Mapping[int, tuple[Sequence[float | None], Sequence[float | None], Sequence[int]]],
+    *,
+    labels: Mapping[int, str],
+    colors: Mapping[int, str],
+    smoothing: float = 0.0,
+    reward_title: str = "reward",
+) -> go.Figure:
+    """The paper's efficiency view: reward (y) against KL to the reference model (x), one path per run.
+
+    points: run_id -> (kl_ref, reward, steps), aligned on the same steps. Both axes are EMA-smoothed alike.
+    A run higher up at the same KL bought more reward per unit of drift from the base model.
+    """
+    fig = go.Figure()
+    for run_id, (kl, reward, steps) in points.items():
+        color, label = colors[run_id], labels.get(run_id, f"#{run_id}")
+        fig.add_trace(
+            go.Scatter(
+                x=ema(kl, smoothing),
+                y=ema(reward, smoothing),
+                mode="lines+markers",
+                name=label,
+                line=dict(color=color),
+                marker=dict(size=4, color=color),
+                legendgroup=str(run_id),
+                customdata=list(steps),
+                hovertemplate=f"{label}<br>step %{{customdata}}<br>KL %{{x:.3g}}<br>reward %{{y:.4g}}<extra></extra>",
+            )  # fmt: skip
+        )
+    fig.update_layout(
+        title="reward vs KL to reference (higher and further left is better)", template="plotly_white",
+        xaxis_title="KL to reference (kl_ref/mean)", yaxis_title=reward_title, height=430,
+        margin=dict(l=50, r=20, t=60, b=100), legend=dict(orientation="h", yref="container", y=0.02, x=0.5,
+                                                         xanchor="center", yanchor="bottom"),
+    )  # fmt: skip
+    return fig
+
+
+def _alpha(hex_color: str, alpha: float) -> str:
+    r, g, b = (int(hex_color[i : i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r},{g},{b},{alpha})"
