@@ -127,7 +127,7 @@ def sample_trajectory(
     sde_steps: list[int],
     kind: str,
     noise_level: float,
-    generator: torch.Generator | None = None,
+    sde_noise: torch.Tensor,
     storage_dtype: torch.dtype = torch.float32,
     logprob_reduction: str = "mean",
     reference_velocity_fn: VelocityFn | None = None,
@@ -140,7 +140,8 @@ def sample_trajectory(
         sigmas: (T+1,) schedule from diffusers' scheduler, sigmas[0] = 1, sigmas[T] = 0.
         sde_steps: stochastic step indices k (transition sigmas[k] -> sigmas[k+1]).
         kind: SDE policy at those steps ("flow_sde" or "cps").
-        generator: draws the SDE noise z (on the sample's device).
+        sde_noise: (B, len(sde_steps), C, H, W) the z of each SDE step; drawn by the caller so that a batch split
+            into chunks samples exactly what the whole batch would.
         storage_dtype: x' is rounded through it before its log-prob, so replay scores exactly what is stored.
         reference_velocity_fn: when given, also record pi_ref's mean at each SDE step (for KL-to-reference).
 
@@ -151,6 +152,10 @@ def sample_trajectory(
     if any(not 0 <= k < num_steps for k in sde_steps):
         raise ValueError(f"sde_steps {sde_steps} out of range for a {num_steps}-step schedule")
     sde_set = set(sde_steps)
+    if sde_noise.shape[:2] != (noise.shape[0], len(sde_steps)):
+        raise ValueError(f"sde_noise must be (B, len(sde_steps), ...) = {(noise.shape[0], len(sde_steps))}, "
+                         f"got {tuple(sde_noise.shape[:2])}")
+    sde_order = {k: j for j, k in enumerate(sorted(sde_set))}
     batch = noise.shape[0]
     x = noise.to(storage_dtype)
     xs, x_nexts, logps, means, stds, means_ref, recorded = [], [], [], [], [], [], []
@@ -163,9 +168,7 @@ def sample_trajectory(
             # Deterministic: ODE steps, and cps's last step whose std is 0 (spec §2): nothing to train there.
             x = mean.to(storage_dtype)
             continue
-        # Drawn on the generator's device (CPU by default) so a seed gives the same noise on any accelerator.
-        z_device = generator.device if generator is not None else mean.device
-        z = torch.randn(mean.shape, generator=generator, device=z_device, dtype=torch.float32).to(mean.device)
+        z = sde_noise[:, sde_order[k]].to(mean.device, torch.float32)
         x_next = (mean + std * z).to(storage_dtype)  # round through storage dtype *before* the log-prob
         xs.append(x)
         x_nexts.append(x_next)

@@ -135,6 +135,8 @@ def _rollout(model: FlowModel, config: TrainConfig, prompt_set: list[str], sigma
     noise = torch.randn((P if config.shared_initial_noise else P * G, *shape), generator=gen)
     if config.shared_initial_noise:
         noise = noise.repeat_interleave(G, dim=0)
+    # SDE noise drawn on the CPU for the whole batch: same seed, same run on any device and any chunking.
+    sde_noise = torch.randn((P * G, len(sde_steps), *shape), generator=gen)
     embeds = model.encode_prompts(prompts)
     ref_rows = P * G if config.beta > 0 else min(KL_REF_MONITOR_SAMPLES, P * G)
     chunk = config.micro_batch_size or P * G
@@ -151,7 +153,7 @@ def _rollout(model: FlowModel, config: TrainConfig, prompt_set: list[str], sigma
                 sde_steps,
                 config.sampler,
                 config.effective_noise_level,
-                generator=gen,
+                sde_noise[rows],
                 storage_dtype=model.dtype,
                 logprob_reduction=config.logprob_reduction,
                 reference_velocity_fn=_reference_fn(model, emb, config) if lo < ref_rows else None,

@@ -80,7 +80,7 @@ def test_sampling_with_logprobs(family):
     sigmas = model.sigmas(4)
     noise = torch.randn(2, *model.sample_shape, generator=torch.Generator().manual_seed(0))
     traj = sample_trajectory(
-        lambda x, s: model.velocity(x, s, embeds), noise, sigmas, [0, 1], "flow_sde", 0.7, torch.Generator()
+        lambda x, s: model.velocity(x, s, embeds), noise, sigmas, [0, 1], "flow_sde", 0.7, torch.randn(2, 2, *noise.shape[1:])
     )
     assert traj.x.shape == (2, 2, *model.sample_shape)
     assert traj.logp_old.shape == (2, 2) and torch.isfinite(traj.logp_old).all()

@@ -114,7 +114,7 @@ def test_trajectory_records_sde_steps_and_replays_exactly():
 
     noise = torch.randn(4, 3, 2, 2)
     traj = sample_trajectory(velocity, noise, sigmas, [1, 3, 4], "flow_sde", 0.7,
-                             generator=torch.Generator().manual_seed(0), storage_dtype=torch.bfloat16)
+                             sde_noise=torch.randn(4, 3, 3, 2, 2), storage_dtype=torch.bfloat16)
     assert traj.step_indices == [1, 3, 4]
     assert traj.x.shape == (4, 3, 3, 2, 2) and traj.logp_old.shape == (4, 3) and traj.std.shape == (3,)
     assert traj.mean_old.dtype == torch.float32 and traj.x_next.dtype == torch.bfloat16
@@ -125,7 +125,7 @@ def test_trajectory_records_sde_steps_and_replays_exactly():
     assert torch.equal(gaussian_log_prob(traj.x_next[:, k], mean, std), traj.logp_old[:, k])
     # cps's last step is deterministic (std 0): a window holding only it has nothing to train, and says so.
     with pytest.raises(ValueError, match="no stochastic step"):
-        sample_trajectory(velocity, noise, sigmas, [9], "cps", 0.8)
+        sample_trajectory(velocity, noise, sigmas, [9], "cps", 0.8, sde_noise=torch.randn(4, 1, 3, 2, 2))
 
 
 def test_ode_sampler_matches_diffusers_loop():
