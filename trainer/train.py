@@ -321,4 +321,5 @@ def _timing(t0: float, t1: float, t2: float, t3: float, images: int) -> dict[str
 
 def _checkpoint(out_dir, step, model, optimizer, ema, config: TrainConfig, callback: Callback) -> None:
     path = save_checkpoint(out_dir, step, model.trainable_state_dict(), optimizer, ema, config.to_json())
+    model.export_weights(path / "lora")  # SD3/FLUX LoRA: loadable with diffusers' load_lora_weights
     callback.on_checkpoint(step, path)

@@ -80,7 +80,8 @@ def test_sampling_with_logprobs(family):
     sigmas = model.sigmas(4)
     noise = torch.randn(2, *model.sample_shape, generator=torch.Generator().manual_seed(0))
     traj = sample_trajectory(
-        lambda x, s: model.velocity(x, s, embeds), noise, sigmas, [0, 1], "flow_sde", 0.7, torch.randn(2, 2, *noise.shape[1:])
+        lambda x, s: model.velocity(x, s, embeds), noise, sigmas, [0, 1], "flow_sde", 0.7,
+        torch.randn(2, 2, *noise.shape[1:]),
     )
     assert traj.x.shape == (2, 2, *model.sample_shape)
     assert traj.logp_old.shape == (2, 2) and torch.isfinite(traj.logp_old).all()
@@ -272,3 +273,16 @@ def test_text_encoder_placements_give_the_same_embeddings(placement):
         torch.testing.assert_close(got[key], expected[key])
     with pytest.raises(ValueError, match="text_encoders must be one of"):
         load(make_config("sd3"), "cpu", pipeline=build(0), text_encoders="gpu")
+
+
+def test_checkpoints_carry_a_diffusers_loadable_adapter(tmp_path):
+    # Every checkpoint of an SD3 LoRA run holds lora/, which a fresh pipeline loads with load_lora_weights.
+    from trainer.train import train
+
+    model = make_model("sd3")
+    config = make_config("sd3").with_overrides(
+        {"steps": 1, "prompts_per_step": 2, "group_size": 2, "num_steps": 4, "sde_window": (0.0, 1.0),
+         "sde_steps": 1, "eval_every": 0, "sample_every": 0, "checkpoint_every": 1, "train_prompts": "shapes:train"}
+    )
+    train(config, out_dir=tmp_path, model=model)
+    assert (tmp_path / "checkpoints" / "step_000001" / "lora" / "pytorch_lora_weights.safetensors").is_file()

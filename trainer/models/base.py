@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -73,6 +74,11 @@ class FlowModel(ABC):
 
     def eval(self) -> FlowModel:
         return self.train(False)
+
+    def export_weights(self, directory: Path) -> Path | None:
+        """Write the trained weights in the family's standard format (diffusers LoRA for SD3/FLUX) for use outside
+        this project; None when the family has no such format (the checkpoint's safetensors is then the export)."""
+        return None
 
     def scheduler_kwargs(self) -> dict[str, Any]:
         """Extra `set_timesteps` arguments (FLUX: `mu` for resolution-dependent shifting)."""

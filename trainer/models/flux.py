@@ -14,7 +14,8 @@ from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from torch import nn
 
 from trainer.models.base import PromptEmbeds
-from trainer.models.lora import DiffusersFlowModel, compute_dtype, from_pretrained
+from trainer.models.lora import compute_dtype, from_pretrained
+from trainer.models.pipeline import DiffusersFlowModel
 
 # diffusers' examples/dreambooth/train_dreambooth_lora_flux.py default layout: attention of the double-stream
 # blocks (image and text), the single-stream blocks' attention (same `attn.to_*` names) and both MLPs.

@@ -9,7 +9,8 @@ from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
 from torch import nn
 
 from trainer.models.base import PromptEmbeds
-from trainer.models.lora import DiffusersFlowModel, compute_dtype, from_pretrained
+from trainer.models.lora import compute_dtype, from_pretrained
+from trainer.models.pipeline import DiffusersFlowModel
 
 # Flow-GRPO's SD3.5 LoRA layout (spec §6: r=32, alpha=64): the joint attention of every MMDiT block, image and
 # text streams. SD3.5-M's extra self-attention (`attn2`) and the MLPs stay frozen, as in the reference.
