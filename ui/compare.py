@@ -38,6 +38,7 @@ PSEUDO_KEYS = {TRUST: ("mask/fraction", "clip/fraction"), plots.RATIO_RANGE: ("r
 TIME_KEYS = ("time/rollout_s", "time/reward_s", "time/train_s")
 REWARD, KL_REF = "reward/total/mean", "kl_ref/mean"
 X_AXES = ["step", "wall time (s)"]
+LIVE_SECONDS = 5.0  # chart refresh while a selected run is active
 plots.TITLES[TRUST] = "masked (dppo) / clipped (clip) fraction"
 
 
@@ -47,6 +48,7 @@ class CompareView:
     reward_kl: Any
     summary: pd.DataFrame
     config_diff: pd.DataFrame
+    active: bool = False  # a selected run is queued or running: keep the charts live
 
 
 def metric_options(services: Services, token: str | None, run_ids: list[int] | None) -> list[str]:
@@ -90,7 +92,8 @@ def compare_view(
         _reward_kl_points(by_key, [r.id for r in runs]), labels=labels, colors=colors, smoothing=smoothing,
         reward_title=plots.metric_title(REWARD),
     )  # fmt: skip
-    return CompareView(chart, reward_kl, summary_table(summaries, labels), config_diff(runs, labels))
+    active = any(r.status in ("queued", "running") for r in runs)
+    return CompareView(chart, reward_kl, summary_table(summaries, labels), config_diff(runs, labels), active)
 
 
 def _expand(keys: Sequence[str]) -> set[str]:
@@ -242,9 +245,11 @@ def build(services: Services, token: gr.BrowserState) -> Any:
     summary = gr.Dataframe(label="Summary", interactive=False, elem_id="compare-summary", wrap=True)
     diff = gr.Dataframe(label="Config diff (fields that differ)", interactive=False, elem_id="compare-diff")
 
+    timer = gr.Timer(LIVE_SECONDS, active=False)
+
     def show(token: str, run_ids: list[int], metric_keys: list[str], weight: float, axis: str) -> tuple:
         view = compare_view(services, token, run_ids, metric_keys, weight, axis)
-        return view.chart, view.reward_kl, view.summary, view.config_diff
+        return view.chart, view.reward_kl, view.summary, view.config_diff, gr.Timer(active=view.active)
 
     def pickers(token: str) -> tuple:
         return gr.Dropdown(choices=comparison_choices(services, token)), gr.Dropdown(
@@ -254,8 +259,8 @@ def build(services: Services, token: gr.BrowserState) -> Any:
     group.input(lambda t, c: comparison_run_ids(services, t, c), [token, group], runs, api_name="comparison_runs")
     runs.change(lambda t, r: gr.Dropdown(choices=metric_options(services, t, r)), [token, runs], keys,
                 api_name="metric_keys")  # fmt: skip
-    gr.on(
-        [runs.change, keys.change, smoothing.release, x_axis.change, refresh.click], show,
-        [token, runs, keys, smoothing, x_axis], [chart, reward_kl, summary, diff], api_name="compare",
-    )  # fmt: skip
+    inputs, outputs = [token, runs, keys, smoothing, x_axis], [chart, reward_kl, summary, diff, timer]
+    gr.on([runs.change, keys.change, smoothing.release, x_axis.change, refresh.click], show, inputs, outputs,
+          api_name="compare")  # fmt: skip
+    timer.tick(show, inputs, outputs, api_name="compare_tick", show_progress="hidden")
     return pickers, [group, runs]

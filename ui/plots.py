@@ -10,6 +10,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
@@ -42,6 +43,11 @@ class Line:
     lo: Sequence[float | None] | None = None
     hi: Sequence[float | None] | None = None
     hover: Sequence[str] | None = field(default=None, repr=False)
+
+
+def _array(values: Sequence[float | None]) -> np.ndarray:
+    """float64 with NaN for gaps: plotly validates and serialises arrays at once (lists go element by element)."""
+    return np.array([np.nan if v is None else v for v in values], dtype=float)
 
 
 def run_colors(run_ids: Sequence[int]) -> dict[int, str]:
@@ -90,14 +96,19 @@ def metric_figure(
         rows=rows, cols=columns, subplot_titles=[metric_title(k) for k in keys],
         horizontal_spacing=0.08, vertical_spacing=min(0.12, 0.35 / max(rows - 1, 1)),
     )  # fmt: skip
+    traces, rows_of, cols_of = [], [], []
     in_legend: set[int] = set()
     for i, key in enumerate(lines):
         row, col = i // columns + 1, i % columns + 1
         for line in lines[key]:
             for trace in _run_traces(line, key, labels, colors, smoothing, show_legend=line.run_id not in in_legend):
-                fig.add_trace(trace, row=row, col=col)
+                traces.append(trace)
+                rows_of.append(row)
+                cols_of.append(col)
             in_legend.add(line.run_id)
         fig.update_xaxes(title_text=x_title, title_standoff=2, row=row, col=col)
+    if traces:  # one call: plotly validates each trace once (add_trace per trace copies and re-validates)
+        fig.add_traces(traces, rows=rows_of, cols=cols_of)
     fig.update_layout(
         height=max(320, 270 * rows + 40), margin=dict(l=50, r=20, t=80, b=40), template="plotly_white",
         legend=dict(orientation="h", yref="container", y=0.995, yanchor="top", x=0.5, xanchor="center"),
@@ -108,30 +119,23 @@ def metric_figure(
 
 def _run_traces(
     line: Line, key: str, labels: Mapping[int, str], colors: Mapping[int, str], smoothing: float, *, show_legend: bool
-) -> list[go.Scatter]:
+) -> list[dict]:
+    """Scatter traces as dicts: the band (lo..hi) if any, the faint raw line when smoothing, the smoothed line."""
     color, label = colors[line.run_id], labels.get(line.run_id, f"#{line.run_id}")
-    common = dict(legendgroup=str(line.run_id), line=dict(color=color), x=list(line.x))
+    common = dict(type="scatter", mode="lines", legendgroup=str(line.run_id), x=_array(line.x))
+    quiet = dict(showlegend=False, hoverinfo="skip")
     traces = []
-    if line.lo is not None and line.hi is not None:  # a band (the ratio range, or a bucket's min..max)
-        traces.append(go.Scatter(**common, y=list(line.hi), mode="lines", line_width=0, showlegend=False,
-                                 name=f"{label} max", hoverinfo="skip", meta="band"))  # fmt: skip
-        traces.append(go.Scatter(**common, y=list(line.lo), mode="lines", line_width=0, fill="tonexty",
-                                 fillcolor=_alpha(color, BAND_OPACITY), showlegend=False, name=f"{label} min",
-                                 hoverinfo="skip", meta="band"))  # fmt: skip
+    if line.lo is not None and line.hi is not None:  # a band (the ratio range)
+        traces.append(dict(common, **quiet, y=_array(line.hi), line=dict(color=color, width=0), name=f"{label} max",
+                           meta="band"))  # fmt: skip
+        traces.append(dict(common, **quiet, y=_array(line.lo), line=dict(color=color, width=0), fill="tonexty",
+                           fillcolor=_alpha(color, BAND_OPACITY), name=f"{label} min", meta="band"))  # fmt: skip
     if smoothing > 0:
-        traces.append(go.Scatter(**common, y=list(line.y), mode="lines", opacity=RAW_OPACITY, showlegend=False,
-                                 name=f"{label} (raw)", hoverinfo="skip", meta="raw"))  # fmt: skip
-    traces.append(
-        go.Scatter(
-            **common,
-            y=ema(line.y, smoothing),
-            mode="lines",
-            name=label,
-            showlegend=show_legend,
-            meta="smoothed",
-            hovertemplate=f"{label}: %{{y:.4g}}<extra>{metric_title(key)}</extra>",
-        )  # fmt: skip
-    )
+        traces.append(dict(common, **quiet, y=_array(line.y), line=dict(color=color, width=1), opacity=RAW_OPACITY,
+                           name=f"{label} (raw)", meta="raw"))  # fmt: skip
+    traces.append(dict(common, y=_array(ema(line.y, smoothing)), line=dict(color=color, width=2), name=label,
+                       showlegend=show_legend, meta="smoothed",
+                       hovertemplate=f"{label}: %{{y:.4g}}<extra>{metric_title(key)}</extra>"))  # fmt: skip
     return traces
 
 

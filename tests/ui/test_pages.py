@@ -65,6 +65,7 @@ def test_cancel_from_the_table_and_the_timer_runs_while_something_is_active(serv
         mark_running(session, other, step=4, total=10)
     row = runs.runs_table(services, team.token, "running", "").frame.iloc[0]
     assert row["progress"].startswith("████░") and row["step"] == "4/10"
+    assert compare.compare_view(services, team.token, [other], ["grad_norm"]).active  # charts stay live too
     assert "stops after its current step" in runs.cancel_run(services, team.token, other)
 
 
@@ -138,7 +139,7 @@ def test_compare_view_charts_summary_and_config_diff(services: Services, seeded:
     summary = view.summary.set_index("run")
     assert float(summary.loc[f"#{dppo} dppo", "final reward"]) > float(summary.loc[f"#{clip} clip", "final reward"])
     assert summary.loc[f"#{clip} clip", "mask/clip fraction"] and summary.loc[f"#{dppo} dppo", "time"] == "1:03"
-    assert list(view.config_diff["field"]) == ["loss"]
+    assert list(view.config_diff["field"]) == ["loss"] and not view.active
     assert "mask/fraction" not in compare.metric_options(services, owner.token, [clip, dppo])  # behind the pseudo
     assert "reward/shapes/mean" in compare.metric_options(services, owner.token, [clip, dppo])
 
