@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+torch.backends.cuda.enable_cudnn_sdp(False)  # see trainer/models/pipeline.py: cuDNN SDPA failed on an H100
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "trainer")]  # the repo, and the tiny pipeline builders
 

@@ -141,6 +141,10 @@ class DiffusersFlowModel(FlowModel):
             raise ValueError(f"text_encoders must be one of {TEXT_ENCODER_PLACEMENTS}, got {text_encoders!r}")
         self.pipe = pipeline
         self.device = torch.device(device)
+        if self.device.type == "cuda":
+            # Measured on an H100 (torch 2.11, cu130): cuDNN's fused attention returned NaN in FLUX's training pass
+            # and failed in SD3.5-M's backward ("mha_graph.execute"); flash / memory-efficient SDPA are fine.
+            torch.backends.cuda.enable_cudnn_sdp(False)
         self.dtype = dtype
         self.resolution = resolution
         self.max_sequence_length = max_sequence_length
