@@ -242,7 +242,9 @@ def build(services: Services, token: gr.BrowserState) -> Any:
     chart = gr.Plot(label="Metrics vs step", show_label=False, elem_id="compare-chart")
     with gr.Row():
         reward_kl = gr.Plot(label="Reward vs KL to reference", show_label=False, elem_id="compare-reward-kl")
-    summary = gr.Dataframe(label="Summary", interactive=False, elem_id="compare-summary", wrap=True)
+    summary = gr.Dataframe(
+        headers=SUMMARY_COLUMNS, label="Summary", interactive=False, elem_id="compare-summary", wrap=True
+    )
     diff = gr.Dataframe(label="Config diff (fields that differ)", interactive=False, elem_id="compare-diff")
 
     timer = gr.Timer(LIVE_SECONDS, active=False)

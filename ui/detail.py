@@ -19,6 +19,8 @@ from api.services import samples as sample_service
 from api.services import workers as worker_service
 from ui.common import elapsed_s, format_duration, owned_runs, run_label, team_session
 
+WORKER_COLUMNS = ["worker", "state", "queues", "your runs"]
+
 
 def run_header(run: RunPublic) -> str:
     lines = [
@@ -106,7 +108,7 @@ def workers_table(services: Services, token: str | None) -> pd.DataFrame:
         found = worker_service.list_workers(session, queue=services.queue, team_id=principal.team_id)
     rows = [[w.name, "online" if w.online else "offline", ", ".join(w.queues), ", ".join(map(str, w.run_ids))]
             for w in found]  # fmt: skip
-    return pd.DataFrame(rows, columns=["worker", "state", "queues", "your runs"])
+    return pd.DataFrame(rows, columns=WORKER_COLUMNS)
 
 
 def build(services: Services, token: gr.BrowserState) -> tuple[Any, Any, list[Any]]:
@@ -119,19 +121,21 @@ def build(services: Services, token: gr.BrowserState) -> tuple[Any, Any, list[An
         with gr.Column(scale=1):
             config = gr.JSON(label="Config", open=False)
         with gr.Column(scale=1):
-            events = gr.Dataframe(label="Events", interactive=False, wrap=True)
-            evaluations = gr.Dataframe(label="Evaluations of this run", interactive=False)
+            events = gr.Dataframe(headers=["time", "level", "message"], label="Events", interactive=False, wrap=True)
+            evaluations = gr.Dataframe(
+                headers=["id", "name", "status", "progress"], label="Evaluations of this run", interactive=False
+            )
     gr.Markdown("#### Checkpoints")
-    checkpoints = gr.Dataframe(label="Checkpoints", interactive=False)
+    checkpoints = gr.Dataframe(headers=["id", "step", "saved"], label="Checkpoints", interactive=False)
     with gr.Row():
         checkpoint = gr.Dropdown(label="Checkpoint", choices=[], value=None, scale=2)
         evaluate_btn = gr.Button("Evaluate", scale=0)
         download_btn = gr.Button("Download", scale=0)
-        file = gr.File(label="Checkpoint archive", scale=2)
+        file = gr.File(label="Checkpoint archive", scale=2, height=90)
     message = gr.Markdown()
     gr.Markdown("#### Workers")
     workers_btn = gr.Button("Ping workers", size="sm")
-    workers = gr.Dataframe(label="Workers", interactive=False)
+    workers = gr.Dataframe(headers=WORKER_COLUMNS, label="Workers", interactive=False)
 
     def show(token: str, rid: int | None) -> tuple:
         d = run_detail(services, token, rid)

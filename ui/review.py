@@ -104,7 +104,7 @@ def build(services: Services, token: gr.BrowserState) -> Any:
         buttons = {c: gr.Button(label, elem_id=f"vote-{c}") for c, label in
                    (("left", "◀ Left is better"), ("tie", "Tie"), ("right", "Right is better ▶"))}  # fmt: skip
     message = gr.Markdown()
-    wins = gr.Dataframe(label="Win rates", interactive=False, elem_id="review-wins")
+    wins = gr.Dataframe(headers=WIN_COLUMNS, label="Win rates", interactive=False, elem_id="review-wins")
     pair = gr.State(None)
 
     def load(token: str, a: int | None, b: int | None) -> tuple:

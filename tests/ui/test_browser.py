@@ -67,14 +67,19 @@ def live_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Te
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    if not Path(CHROMIUM).exists() and shutil.which("chromium") is None:
+    executable = CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium")
+    if executable is None:
         if IN_CI:
-            pytest.fail(f"chromium is required in CI (looked for {CHROMIUM})")
+            pytest.fail(f"chromium is required in CI (looked for {CHROMIUM} and on PATH)")
         pytest.skip(f"no chromium at {CHROMIUM}")
-    from playwright.sync_api import sync_playwright
-
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        if IN_CI:
+            raise
+        pytest.skip("playwright is not installed")
     with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        chromium = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()
 
@@ -97,6 +102,8 @@ def test_dashboard_login_compare_samples_submit_runs(live_app, browser, tmp_path
     _no_error_toast(page)  # logged out: the page loads quietly
     page.locator("#login-token input, #login-token textarea").first.fill(team.token)
     page.locator("#login-button").click()
+    page.get_by_text(f"Logged in as team {team.name}").wait_for(timeout=15_000)
+    page.reload()  # the browser remembers the token (gr.BrowserState)
     page.get_by_text(f"Logged in as team {team.name}").wait_for(timeout=15_000)
 
     # Compare opens on the newest comparison group: curves of both runs, the efficiency view, the tables.
