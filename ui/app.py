@@ -72,16 +72,22 @@ def latest_group(services: Services, token: str | None) -> tuple[Any, ...]:
     return pick + pick
 
 
+def _header() -> tuple[Any, ...]:
+    """The title, who is logged in, and the login row (hidden once logged in)."""
+    with gr.Row(equal_height=True):
+        gr.Markdown("## flowdppo · divergence mask (dppo) vs ratio clipping", elem_id="title")
+        who = gr.Markdown(LOGIN_HINT, elem_id="login-who")
+        logout_btn = gr.Button("Log out", scale=0, size="sm", min_width=90, visible=False)
+    with gr.Row(equal_height=True) as login_row:
+        token_box = gr.Textbox(label="Team token", type="password", scale=4, elem_id="login-token")
+        login_btn = gr.Button("Log in", scale=1, variant="primary", elem_id="login-button")
+    return who, logout_btn, login_row, token_box, login_btn
+
+
 def build_dashboard(services: Services) -> gr.Blocks:
     with gr.Blocks(title="flowdppo", fill_width=True) as demo:
         token = gr.BrowserState("", storage_key=TOKEN_KEY, secret=services.settings.SECRET_KEY)
-        with gr.Row(equal_height=True):
-            gr.Markdown("## flowdppo · divergence mask (dppo) vs ratio clipping", elem_id="title")
-            who = gr.Markdown(LOGIN_HINT, elem_id="login-who")
-            logout_btn = gr.Button("Log out", scale=0, size="sm", min_width=90, visible=False)
-        with gr.Row(equal_height=True) as login_row:
-            token_box = gr.Textbox(label="Team token", type="password", scale=4, elem_id="login-token")
-            login_btn = gr.Button("Log in", scale=1, variant="primary", elem_id="login-button")
+        who, logout_btn, login_row, token_box, login_btn = _header()
         with gr.Tabs(selected="compare") as tabs:
             with gr.Tab("Compare", id="compare") as compare_tab:
                 compare_pickers, compare_outputs = compare.build(services, token)
@@ -118,13 +124,8 @@ def build_dashboard(services: Services) -> gr.Blocks:
                   [token, who, token_box, login_row, logout_btn], api_name="login")
         )  # fmt: skip
         logout_btn.click(logout, None, [token, who, login_row, logout_btn], api_visibility="private")
-        gr.on(
-            [t.select for t in (compare_tab, samples_tab, review_tab)],
-            pickers_all,
-            token,
-            all_pickers,
-            api_name="pickers",
-        )
+        tab_opened = [t.select for t in (compare_tab, samples_tab, review_tab)]
+        gr.on(tab_opened, pickers_all, token, all_pickers, api_name="pickers")
         runs_tab.select(refresh_runs, runs_inputs, runs_outputs, api_visibility="private")
         open_detail.click(lambda r: (r, gr.Tabs(selected="detail")), selected, [detail_id, tabs],
                           api_visibility="private").then(show_detail, [token, detail_id], detail_outputs,
