@@ -13,6 +13,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
+import httpx
 import pytest
 from api_helpers import make_team_token
 from fastapi.testclient import TestClient
@@ -143,7 +144,7 @@ def test_flowdppo_up_embedded(tmp_path, base_model_path):
             try:
                 assert client.health().status == "ok"
                 break
-            except OSError:
+            except (OSError, httpx.TransportError):  # not listening yet
                 assert time.monotonic() < deadline, "the API did not come up"
                 time.sleep(0.2)
         assert client.me().name == "local"
