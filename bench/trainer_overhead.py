@@ -17,7 +17,8 @@ import torch
 from trainer.callbacks import NullCallback
 from trainer.models import load_model
 from trainer.presets import get_preset
-from trainer.train import KL_REF_MONITOR_SAMPLES, train
+from trainer.rollout import KL_REF_MONITOR_SAMPLES
+from trainer.train import train
 
 
 class StepTimes(NullCallback):

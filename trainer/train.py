@@ -12,19 +12,19 @@ import torch
 from trainer.advantages import gdpo_advantages, group_advantages, zero_std_fraction
 from trainer.callbacks import Callback, NullCallback
 from trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from trainer.config import TrainConfig, sde_window_range
+from trainer.config import TrainConfig
 from trainer.divergence import gaussian_kl
 from trainer.evaluate import evaluation_metrics, logged_samples, score_images
 from trainer.losses import LOSSES
 from trainer.models import FlowModel, load_model, select_embeds
 from trainer.prompts import load_prompts
 from trainer.rewards import RewardFn, build_reward
-from trainer.sampling import Trajectory, draw_sde_steps, gaussian_log_prob, sample_trajectory, transition
+from trainer.rollout import Rollout, collect_rollout, step_generator
+from trainer.sampling import gaussian_log_prob, transition
 
 log = logging.getLogger(__name__)
 
 SELFTEST_TOLERANCE = 1e-3  # spec §4: warn when the first-step ratio/KL deviates more than this
-KL_REF_MONITOR_SAMPLES = 16  # with beta = 0, drift from the base is measured on this many rollout samples
 
 
 @dataclass
@@ -33,21 +33,6 @@ class RunResult:
     stopped: bool  # True when should_stop() ended the run early
     final_metrics: dict[str, float]
     out_dir: Path
-
-
-@dataclass
-class Rollout:
-    """One rollout batch (B = P·G samples) and what training needs from it."""
-
-    prompts: list[str]  # (B,)
-    group_ids: torch.Tensor  # (B,)
-    traj: Trajectory
-    sigmas: torch.Tensor  # (T+1,)
-
-
-def step_generator(seed: int, step: int, purpose: int) -> torch.Generator:
-    """Every random draw of a run comes from (seed, step, purpose): resume needs no RNG state, same seed same run."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + step * 101 + purpose)
 
 
 def build_rewards(config: TrainConfig, device: str | torch.device) -> dict[str, RewardFn]:
@@ -97,7 +82,7 @@ def train(
         step += 1
         t0 = time.perf_counter()
         # 1. rollout
-        rollout = _rollout(model, config, train_prompts, sigmas, step)
+        rollout = collect_rollout(model, config, train_prompts, sigmas, step)
         t1 = time.perf_counter()
         # 2. rewards
         images = model.decode(rollout.traj.final)
@@ -120,68 +105,6 @@ def train(
     if stopped and step > start:
         _checkpoint(out_dir, step, model, optimizer, ema, config, callback)
     return RunResult(steps_completed=step, stopped=stopped, final_metrics=metrics, out_dir=out_dir)
-
-
-def _rollout(model: FlowModel, config: TrainConfig, prompt_set: list[str], sigmas: torch.Tensor, step: int) -> Rollout:
-    """Sample P prompts x G images with the current weights, recording every SDE step (spec §1, §6)."""
-    gen = step_generator(config.seed, step, purpose=1)
-    P, G = config.prompts_per_step, config.group_size
-    picks = torch.randint(len(prompt_set), (P,), generator=gen).tolist()
-    prompts = [prompt_set[i] for i in picks for _ in range(G)]  # (B,) grouped
-    group_ids = torch.arange(P).repeat_interleave(G)  # (B,)
-    sde_steps = draw_sde_steps(sde_window_range(config), config.num_sde_steps, gen)
-    shape = model.sample_shape
-    # Shared initial noise makes the group's spread come from the policy's own stochastic steps (spec §5).
-    noise = torch.randn((P if config.shared_initial_noise else P * G, *shape), generator=gen)
-    if config.shared_initial_noise:
-        noise = noise.repeat_interleave(G, dim=0)
-    # SDE noise drawn on the CPU for the whole batch: same seed, same run on any device and any chunking.
-    sde_noise = torch.randn((P * G, len(sde_steps), *shape), generator=gen)
-    embeds = model.encode_prompts(prompts)
-    ref_rows = P * G if config.beta > 0 else min(KL_REF_MONITOR_SAMPLES, P * G)
-    chunk = config.micro_batch_size or P * G
-    model.eval()
-    parts = []
-    for lo in range(0, P * G, chunk):
-        rows = slice(lo, min(lo + chunk, P * G))
-        emb = select_embeds(embeds, rows)
-        parts.append(
-            sample_trajectory(
-                lambda x, s, emb=emb: model.velocity(x, s, emb, config.guidance_scale),
-                noise[rows].to(model.device),
-                sigmas,
-                sde_steps,
-                config.sampler,
-                config.effective_noise_level,
-                sde_noise[rows],
-                storage_dtype=model.dtype,
-                logprob_reduction=config.logprob_reduction,
-                reference_velocity_fn=_reference_fn(model, emb, config) if lo < ref_rows else None,
-            )
-        )
-    return Rollout(prompts=prompts, group_ids=group_ids, traj=_cat_trajectories(parts, ref_rows), sigmas=sigmas)
-
-
-def _reference_fn(model: FlowModel, embeds, config: TrainConfig):
-    def velocity_ref(x, s):
-        with model.reference():
-            return model.velocity(x, s, embeds, config.guidance_scale)
-
-    return velocity_ref
-
-
-def _cat_trajectories(parts: list[Trajectory], ref_rows: int) -> Trajectory:
-    refs = [p.mean_ref for p in parts if p.mean_ref is not None]
-    return Trajectory(
-        x=torch.cat([p.x for p in parts]),
-        x_next=torch.cat([p.x_next for p in parts]),
-        logp_old=torch.cat([p.logp_old for p in parts]),
-        mean_old=torch.cat([p.mean_old for p in parts]),
-        std=parts[0].std,
-        step_indices=parts[0].step_indices,
-        final=torch.cat([p.final for p in parts]),
-        mean_ref=torch.cat(refs)[:ref_rows] if refs else None,
-    )
 
 
 def _advantages(config: TrainConfig, rewards: dict[str, torch.Tensor], group_ids: torch.Tensor):

@@ -10,7 +10,8 @@ from trainer.metrics import TIMING_PREFIXES
 from trainer.models.builtin import load_builtin
 from trainer.presets import get_preset
 from trainer.prompts import load_prompts
-from trainer.train import _loss_backward, _rollout, train
+from trainer.rollout import collect_rollout
+from trainer.train import _loss_backward, train
 
 TINY = {
     "steps": 3,
@@ -97,7 +98,7 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path):
     # And the accumulated gradient equals the one-batch gradient (Adam would amplify rounding in the weights).
     config = tiny_config()
     model = load_builtin(config)
-    rollout = _rollout(model, config, load_prompts(config.train_prompts), model.sigmas(config.num_steps), step=1)
+    rollout = collect_rollout(model, config, load_prompts(config.train_prompts), model.sigmas(config.num_steps), step=1)
     embeds = model.encode_prompts(rollout.prompts)
     adv = torch.linspace(-1, 1, len(rollout.prompts))
     rows = torch.arange(8)
