@@ -36,9 +36,43 @@ PRESETS: dict[str, TrainConfig] = {
         mixed_precision="bf16",
         train_prompts="file:/models/prompts/train.txt",
         eval_prompts="file:/models/prompts/test.txt",
-        rewards=[{"name": "pickscore", "options": {"path": "/models/PickScore_v1"}}],
+        rewards=[
+            {
+                "name": "pickscore",
+                "options": {
+                    "path": "/models/PickScore_v1",
+                    # PickScore keeps its tokenizer and image settings in the CLIP-H repo (docs/real-models.md)
+                    "processor_path": "/models/CLIP-ViT-H-14-laion2B-s32B-b79K",
+                    "dtype": "float16",  # docs/real-models.md: saves 2 GB of GPU memory
+                },
+            }
+        ],
         eval_guidance_scale=4.5,  # SD3.5 evaluation default (real-models issue)
         micro_batch_size=4,
+        gradient_checkpointing=True,
+    ),
+    "flux-dev-dppo": TrainConfig(
+        model="flux",
+        model_path="/models/FLUX.1-dev",
+        resolution=512,
+        lora_rank=64,  # real-models issue: FLUX rank 64/128
+        lora_alpha=128.0,
+        mixed_precision="bf16",
+        train_prompts="file:/models/prompts/train.txt",
+        eval_prompts="file:/models/prompts/test.txt",
+        rewards=[
+            {
+                "name": "pickscore",
+                "options": {
+                    "path": "/models/PickScore_v1",
+                    "processor_path": "/models/CLIP-ViT-H-14-laion2B-s32B-b79K",
+                    "dtype": "float16",
+                },
+            }
+        ],
+        guidance_scale=3.5,  # FLUX.1-dev is guidance-distilled: the scale feeds its guidance embedding
+        eval_guidance_scale=3.5,
+        micro_batch_size=2,  # docs/real-models.md: 8 rows with checkpointing use 29 GiB on an H100
         gradient_checkpointing=True,
     ),
 }
