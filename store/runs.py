@@ -353,6 +353,34 @@ def requeue_run(session: Session, *, run_id: int, attempt: int, reason: str) -> 
     return get_run(session, run_id=run_id)
 
 
+def preempt_run(session: Session, *, run_id: int, attempt: int, reason: str) -> Run | None:
+    """A worker that is stopping gives its run back after checkpointing: 'queued' again, for the caller to enqueue.
+
+    Like requeue_run, the next execution is a new attempt (attempt + 1), so any late write of this one is fenced
+    off; unlike it, max_attempts grows by one as well: a preemption is not a failure and uses up none of the run's
+    retries. Only that attempt of a running run with no cancel pending changes; returns None otherwise (the run
+    moved on, or a cancel arrived: the caller finishes it as cancelled).
+    """
+    begin_write(session)
+    result = session.execute(
+        update(Run)
+        .where(Run.id == run_id, Run.status == "running", Run.attempt == attempt, Run.cancel_requested.is_(False))
+        .values(
+            status="queued", attempt=attempt + 1, max_attempts=Run.max_attempts + 1, worker=None, heartbeat_at=None
+        )
+        .execution_options(synchronize_session="fetch")
+    )
+    if result.rowcount != 1:
+        session.rollback()
+        return None
+    run = get_run(session, run_id=run_id)
+    assert run is not None
+    message = f"preempted: {reason}; requeued, attempt {run.attempt}/{run.max_attempts} resumes from its checkpoint"
+    add_event(session, run_id=run_id, message=message, level="warning", commit=False)
+    session.commit()  # the state change and its event together
+    return run
+
+
 # --- events ---
 
 

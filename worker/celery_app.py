@@ -6,9 +6,10 @@ import importlib
 from enum import StrEnum
 
 from celery import Celery
-from celery.signals import worker_init
+from celery.signals import worker_init, worker_process_init, worker_shutting_down
 from kombu import Queue as KombuQueue
 
+from worker import shutdown
 from worker.settings import WorkerSettings
 
 
@@ -53,6 +54,12 @@ def _preload_trainer(**_kwargs: object) -> None:
     # does not initialise CUDA; the first CUDA call happens in the child, after the fork.
     importlib.import_module("trainer.train")
     importlib.import_module("trainer.evaluate")
+
+
+# A stop (SIGTERM) preempts the running job at its next step boundary instead of waiting for it to finish
+# (worker/shutdown.py); weak=False: the receivers are module functions, kept alive anyway.
+worker_shutting_down.connect(shutdown.on_worker_shutting_down, weak=False)
+worker_process_init.connect(shutdown.on_worker_process_init, weak=False)
 
 
 def enqueue_run(run_id: int, kind: str, *, celery_app: Celery | None = None) -> None:

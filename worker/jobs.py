@@ -1,7 +1,8 @@
 """The jobs as plain functions: claim the run, build the trainer with a store-backed callback, record the outcome.
 
 No Celery here, so the job semantics (skip finished runs, cancel within one step, resume from the run's latest
-checkpoint, heartbeat, fencing off a worker whose run was requeued) are tested by calling these directly.
+checkpoint, heartbeat, fencing off a worker whose run was requeued, preemption when the worker is stopped) are
+tested by calling these directly.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class Outcome(StrEnum):
     CANCELLED = "cancelled"
     SKIPPED = "skipped"  # already finished, cancelled before start, or running elsewhere
     LOST = "lost"  # the run was requeued (this worker was presumed dead) or deleted while it ran
+    PREEMPTED = "preempted"  # the worker is stopping: checkpointed, the run is queued again and its job re-sent
 
 
 @dataclass
@@ -45,18 +47,23 @@ class JobContext:
     device: str = "cpu"
     heartbeat_seconds: float = 15.0
     stale_after: timedelta = field(default_factory=lambda: timedelta(minutes=3))
+    # True once the worker process is stopping (worker/shutdown.py): the job stops at its next step boundary,
+    # checkpoints, and its run is queued again and re-sent through `enqueue(run_id, kind)`.
+    shutting_down: Callable[[], bool] = lambda: False
+    enqueue: Callable[[int, str], None] | None = None
 
 
 class StoreCallback:
     """The trainer's Callback, writing to the database: metrics, sample images + rows, checkpoint rows, liveness.
 
-    Every report is also a heartbeat; should_stop() is True once a cancel was asked or the run is no longer ours.
+    Every report is also a heartbeat; should_stop() is True once a cancel was asked, the run is no longer ours, or
+    the worker is shutting down (then `preempted`).
     """
 
     def __init__(self, ctx: JobContext, run: Run, progress: Callable[[int], float]):
         self.ctx, self.run_id, self.attempt, self.progress = ctx, run.id, run.attempt, progress
         self.session = ctx.session_factory()
-        self.owned, self.cancel_requested = True, False
+        self.owned, self.cancel_requested, self.preempted = True, False, False
         self.samples_logged = 0
 
     def _beat(self, step: int | None = None) -> None:
@@ -102,7 +109,8 @@ class StoreCallback:
 
     def should_stop(self) -> bool:
         self._beat()
-        return self.cancel_requested or not self.owned
+        self.preempted = self.preempted or self.ctx.shutting_down()
+        return self.cancel_requested or not self.owned or self.preempted
 
     def close(self) -> None:
         self.session.close()
@@ -142,6 +150,8 @@ def run_training(run_id: int, *, ctx: JobContext, train_fn: Callable[..., Any] |
         config = TrainConfig.model_validate(run.config)
     except ValidationError as err:
         return _fail(ctx, run, f"invalid config:\n{format_validation_error(err)}")
+    if ctx.shutting_down():  # stopped between delivery and here: give the run back before loading any model
+        return _preempt(ctx, run)
     if train_fn is None:
         from trainer.train import train as train_fn
     from trainer.checkpoint import latest_checkpoint
@@ -181,8 +191,10 @@ def run_evaluation(run_id: int, *, ctx: JobContext, evaluate_fn: Callable[..., A
     if evaluate_fn is None:
         from trainer.evaluate import evaluate as evaluate_fn
 
+    if ctx.shutting_down():
+        return _preempt(ctx, run)
     total = config.num_prompts * config.samples_per_prompt
-    callback = StoreCallback(ctx, run, progress=lambda _step: 0.0)
+    callback = _EvalCallback(ctx, run, progress=lambda _step: 0.0)
     callback.progress = lambda _step: min(1.0, callback.samples_logged / total)
     try:
         with Heartbeat(ctx, run, callback):
@@ -191,7 +203,15 @@ def run_evaluation(run_id: int, *, ctx: JobContext, evaluate_fn: Callable[..., A
         return _fail(ctx, run, _describe(err))
     finally:
         callback.close()
-    return _finish(ctx, run, callback, stopped=callback.cancel_requested)
+    return _finish(ctx, run, callback, stopped=callback.cancel_requested or callback.preempted)
+
+
+class _EvalCallback(StoreCallback):
+    """An evaluation stops between batches; preempted, it writes no means of the partial set (it starts over)."""
+
+    def on_metrics(self, step: int, metrics_: dict[str, float]) -> None:
+        if not self.preempted:
+            super().on_metrics(step, metrics_)
 
 
 # --- helpers ---
@@ -211,11 +231,39 @@ def _finish(ctx: JobContext, run: Run, callback: StoreCallback, *, stopped: bool
     if not callback.owned:
         log.warning("run %s was taken over (requeued or deleted) while this worker ran it", run.id)
         return Outcome.LOST
+    if stopped and callback.preempted and not callback.cancel_requested:  # a user's cancel wins
+        return _preempt(ctx, run)
     status = Outcome.CANCELLED if stopped and callback.cancel_requested else Outcome.SUCCEEDED
     with ctx.session_factory() as session:
         if not runs.finish_run(session, run_id=run.id, status=status.value, attempt=run.attempt):
             return Outcome.LOST
     return status
+
+
+def _preempt(ctx: JobContext, run: Run, reason: str = "worker shutting down") -> Outcome:
+    """The worker is stopping and the job has checkpointed: queue the run again (store first), then re-send its job.
+
+    A cancel that arrived meanwhile still means cancelled; a run that moved on (requeued, deleted) is LOST.
+    """
+    with ctx.session_factory() as session:
+        queued = runs.preempt_run(session, run_id=run.id, attempt=run.attempt, reason=f"{reason} ({ctx.worker})")
+        if queued is None:
+            if runs.is_cancel_requested(session, run_id=run.id) and runs.finish_run(
+                session, run_id=run.id, status="cancelled", attempt=run.attempt
+            ):
+                return Outcome.CANCELLED
+            return Outcome.LOST
+    log.warning("run %s preempted (%s): queued again as attempt %s", run.id, reason, queued.attempt)
+    try:
+        if ctx.enqueue is None:
+            raise RuntimeError("this worker has no broker to re-send the job to")
+        ctx.enqueue(queued.id, queued.kind)
+    except Exception as err:  # as the reaper: the run must not stay queued with no job behind it
+        log.exception("could not re-send run %s", run.id)
+        with ctx.session_factory() as session:
+            runs.finish_run(session, run_id=run.id, status="failed", error=f"preempted, could not requeue: {err}")
+        return Outcome.FAILED
+    return Outcome.PREEMPTED
 
 
 def _fail(ctx: JobContext, run: Run, error: str) -> Outcome:

@@ -6,10 +6,11 @@ import logging
 from functools import lru_cache
 
 from celery import Task
+from celery.exceptions import Reject
 
 from store.session import make_sessionmaker
-from worker import jobs
-from worker.celery_app import app
+from worker import jobs, shutdown
+from worker.celery_app import app, enqueue_run
 from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -39,18 +40,34 @@ def job_context(task: Task) -> jobs.JobContext:
         device=_device(settings.WORKER_DEVICE),
         heartbeat_seconds=settings.WORKER_HEARTBEAT_SECONDS,
         stale_after=settings.stale_after,
+        shutting_down=shutdown.requested,
+        enqueue=lambda run_id, kind: enqueue_run(run_id, kind, celery_app=task.app),
     )
+
+
+def _not_while_stopping() -> None:
+    """A job delivered after this worker was told to stop goes back to the broker untouched, for another worker.
+
+    It happens: with the filesystem transport Celery's synloop drains the broker once more after the stop, and may
+    fetch the very job that a preempted run just re-sent (a fresh pool child inherits the stop flag at fork).
+    """
+    if shutdown.requested():
+        raise Reject("worker shutting down", requeue=True)
 
 
 @app.task(bind=True, name="worker.tasks.train_run")
 def train_run(self: Task, run_id: int) -> str:
-    outcome = jobs.run_training(int(run_id), ctx=job_context(self))
+    _not_while_stopping()
+    with shutdown.preemptible():  # SIGTERM: stop after the current step, checkpoint, requeue (worker/shutdown.py)
+        outcome = jobs.run_training(int(run_id), ctx=job_context(self))
     log.info("train run %s: %s", run_id, outcome)
     return outcome.value
 
 
 @app.task(bind=True, name="worker.tasks.evaluate_run")
 def evaluate_run(self: Task, run_id: int) -> str:
-    outcome = jobs.run_evaluation(int(run_id), ctx=job_context(self))
+    _not_while_stopping()
+    with shutdown.preemptible():
+        outcome = jobs.run_evaluation(int(run_id), ctx=job_context(self))
     log.info("eval run %s: %s", run_id, outcome)
     return outcome.value

@@ -1,7 +1,8 @@
 """Tasks through REAL Celery worker processes (never eager mode), embedded (filesystem broker + SQLite) and
 distributed (Redis + PostgreSQL): a run succeeds, running and queued runs are cancelled, and a worker killed with
 SIGKILL mid-run loses nothing: the reaper requeues the run, a new worker resumes it from its checkpoint, and no
-metric step is missing or doubled."""
+metric step is missing or doubled; a worker stopped with SIGTERM preempts its run (checkpoint, queued again, re-sent)
+and exits at once, and the next worker resumes it."""
 
 from __future__ import annotations
 
@@ -167,3 +168,42 @@ def test_killed_worker_run_resumes_from_checkpoint(stack, tiny_config):
     events = stack.events(run_id)
     assert any("requeued, attempt 2/3" in e for e in events), events
     assert any(e.startswith("resuming from checkpoint") for e in events), events
+
+
+def test_sigterm_preempts_the_run_and_a_new_worker_resumes_it(stack, tiny_config, request):
+    """A stopped worker (deploy, preemptible node, `docker compose stop`) checkpoints its run after the current step,
+    queues it again and exits at once, instead of training to the end; the next worker resumes from that checkpoint.
+
+    Embedded: SIGTERM to the whole process group, as api/embedded.py and Ctrl-C do (the pool child gets it too).
+    Distributed: SIGTERM to the worker's main process alone, as docker's init does (it forwards it to the child)."""
+    first, name = stack.start_worker()
+    total = 12
+    # No periodic checkpoints: the one the second worker resumes from is the preemption's.
+    run_id = stack.submit(tiny_config(steps=total, sample_every=0, checkpoint_every=0))
+    stack.wait(run_id, lambda r: r.status == "running" and r.step >= 2, what="running")
+
+    started = time.monotonic()
+    whole_group = "embedded" in request.node.callspec.id
+    if whole_group:
+        os.killpg(first.pid, signal.SIGTERM)
+    else:
+        first.send_signal(signal.SIGTERM)
+    first.wait(timeout=60)
+    stopped_in = time.monotonic() - started
+    preempted = stack.run(run_id)
+    assert first.returncode == 0, stack.logs()
+    # Well before the run would end (9+ more steps); the filesystem transport adds a few seconds to the shutdown.
+    assert stopped_in < 20, f"the worker took {stopped_in:.1f} s to stop:\n{stack.logs()}"
+    assert (preempted.status, preempted.worker, preempted.attempt) == ("queued", None, 2), stack.logs()
+    assert preempted.step < total, "the run finished before the stop; make it longer"
+    with stack.sessions() as s:
+        checkpoint = checkpoints.latest_checkpoint(s, run_id=run_id)
+    assert checkpoint is not None and checkpoint.step == preempted.step == max(stack.steps(run_id))
+    assert any(e.startswith("preempted: worker shutting down") for e in stack.events(run_id)), stack.events(run_id)
+
+    _, second = stack.start_worker()  # the job was re-sent: no reaper, no visibility timeout to wait for
+    done = stack.wait(run_id, lambda r: r.status not in ("queued", "running"), what="finished")
+    assert (done.status, done.attempt, done.worker) == ("succeeded", 2, second), stack.logs()
+    assert stack.steps(run_id) == list(range(1, total + 1))  # nothing missing, nothing doubled
+    resumed = [e for e in stack.events(run_id) if e.startswith("resuming from checkpoint")]
+    assert len(resumed) == 1 and resumed[0].endswith(f"step_{checkpoint.step:06d}"), stack.events(run_id)

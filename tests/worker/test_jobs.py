@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import threading
 from datetime import timedelta
+from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import update
@@ -208,3 +211,143 @@ def test_evaluation_of_a_checkpoint(session, ctx, make_run, tiny_config):
     logged = samples.list_samples(session, run_id=evaluation.id)
     assert [(s.step, s.index) for s in logged] == [(2, 0), (2, 1), (2, 2)]  # at the checkpoint's step
     assert any(k.startswith("eval/reward/") for k in metrics.latest_metrics(session, run_id=evaluation.id))
+
+
+def _stopping(ctx, sent: list):
+    """ctx with a stop flag (what worker/shutdown.py sets on SIGTERM) and an enqueue that records the run's status
+    as the store has it when the job is re-sent (it must already be queued: store first, then the broker)."""
+    flag = threading.Event()
+
+    def enqueue(run_id: int, kind: str) -> None:
+        with ctx.session_factory() as other:
+            sent.append((run_id, kind, runs.get_run(other, run_id=run_id).status))
+
+    return dataclasses.replace(ctx, shutting_down=flag.is_set, enqueue=enqueue), flag
+
+
+@pytest.mark.slow
+@sqlite_only
+def test_shutdown_preempts_the_run_and_the_next_attempt_resumes_it(session, ctx, make_run, tiny_config):
+    run = make_run(tiny_config(steps=5, checkpoint_every=0, sample_every=0))
+    sent: list = []
+    ctx, stop = _stopping(ctx, sent)
+
+    def stop_at_2(step, _callback):
+        if step == 2:
+            stop.set()  # SIGTERM during step 2: the trainer stops before step 3
+
+    assert jobs.run_training(run.id, ctx=ctx, train_fn=_wrapping_train(stop_at_2)) == jobs.Outcome.PREEMPTED
+    assert sent == [(run.id, "train", "queued")]
+    queued = _fresh(session, run.id)
+    assert (queued.status, queued.worker, queued.attempt, queued.max_attempts) == ("queued", None, 2, 4)
+    assert queued.finished_at is None and queued.error is None
+    assert _steps(session, run.id) == [1, 2]
+    assert [c.step for c in checkpoints.list_checkpoints(session, run_id=run.id)] == [2]  # the preemption's
+    messages = [e.message for e in runs.list_events(session, run_id=run.id)]
+    assert messages[-2:] == [
+        "checkpoint at step 2",
+        "preempted: worker shutting down (test@host); requeued, attempt 2/4 resumes from its checkpoint",
+    ]
+
+    stop.clear()  # the next worker
+    assert jobs.run_training(run.id, ctx=ctx) == jobs.Outcome.SUCCEEDED
+    assert _steps(session, run.id) == [1, 2, 3, 4, 5]
+    assert (_fresh(session, run.id).status, _fresh(session, run.id).attempt) == ("succeeded", 2)
+
+
+def _fake_train(*, stop_after: int, on_stop=None):
+    """A train_fn that reports steps until should_stop() (checked before each step, as the trainer does)."""
+
+    def train_fn(config, callback, **_kw):
+        step = 0
+        while step < config.steps:
+            if callback.should_stop():
+                break
+            step += 1
+            callback.on_metrics(step, {KEY: float(step)})
+            if step == stop_after and on_stop is not None:
+                on_stop()
+        return SimpleNamespace(stopped=step < config.steps)
+
+    return train_fn
+
+
+def test_a_cancel_still_means_cancelled_while_the_worker_stops(session, ctx, make_run, tiny_config):
+    run = make_run(tiny_config(steps=10))
+    sent: list = []
+    ctx, stop = _stopping(ctx, sent)
+
+    def cancel_and_stop():
+        with ctx.session_factory() as other:
+            runs.request_cancel(other, run_id=run.id)
+        stop.set()
+
+    train_fn = _fake_train(stop_after=2, on_stop=cancel_and_stop)
+    assert jobs.run_training(run.id, ctx=ctx, train_fn=train_fn) == jobs.Outcome.CANCELLED
+    assert sent == [] and _fresh(session, run.id).status == "cancelled"
+
+    # A cancel that lands between the trainer's return and the requeue wins too.
+    late = make_run(tiny_config(steps=10))
+
+    def stop_then_cancel():
+        stop.set()
+        with ctx.session_factory() as other:
+            runs.request_cancel(other, run_id=late.id)
+
+    stop.clear()
+    train_fn = _fake_train(stop_after=2, on_stop=stop_then_cancel)
+    assert jobs.run_training(late.id, ctx=ctx, train_fn=train_fn) == jobs.Outcome.CANCELLED
+    assert sent == [] and _fresh(session, late.id).status == "cancelled"
+
+
+def test_a_job_delivered_while_the_worker_stops_is_given_back_untouched_by_the_trainer(
+    session, ctx, make_run, tiny_config
+):
+    def never(*_a, **_k):
+        raise AssertionError("the trainer must not start")
+
+    run = make_run(tiny_config(steps=10))
+    sent: list = []
+    ctx, stop = _stopping(ctx, sent)
+    stop.set()
+    assert jobs.run_training(run.id, ctx=ctx, train_fn=never) == jobs.Outcome.PREEMPTED
+    assert sent == [(run.id, "train", "queued")] and _fresh(session, run.id).attempt == 2
+
+
+def test_a_preempted_run_whose_job_cannot_be_resent_fails_visibly(session, ctx, make_run, tiny_config):
+    run = make_run(tiny_config(steps=10))
+
+    def broken(_run_id, _kind):
+        raise ConnectionError("broker down")
+
+    stop = threading.Event()
+    ctx = dataclasses.replace(ctx, shutting_down=stop.is_set, enqueue=broken)
+    assert jobs.run_training(run.id, ctx=ctx, train_fn=_fake_train(stop_after=3, on_stop=stop.set)) == (
+        jobs.Outcome.FAILED
+    )
+    failed = _fresh(session, run.id)
+    assert failed.status == "failed" and "broker down" in failed.error and "preempted" in failed.error
+
+
+def test_evaluation_stops_between_batches_and_is_requeued(session, ctx, make_run, tiny_config):
+    from trainer.config import EvalConfig, TrainConfig
+
+    config = EvalConfig(train=TrainConfig.model_validate(tiny_config()), num_prompts=4, num_steps=4, batch_size=1)
+    run = make_run(config.model_dump(mode="json"), kind="eval")
+    sent: list = []
+    ctx, stop = _stopping(ctx, sent)
+    batches: list[int] = []
+
+    def evaluate_fn(config, *, checkpoint, callback, device):
+        for batch in range(4):
+            if callback.should_stop():
+                break
+            batches.append(batch)
+            if batch == 1:
+                stop.set()
+        callback.on_metrics(0, {"eval/reward/total/mean": 0.5})  # the means of the partial set: not written
+
+    assert jobs.run_evaluation(run.id, ctx=ctx, evaluate_fn=evaluate_fn) == jobs.Outcome.PREEMPTED
+    assert batches == [0, 1] and sent == [(run.id, "eval", "queued")]
+    assert metrics.latest_metrics(session, run_id=run.id) == {}
+    assert _fresh(session, run.id).status == "queued"
