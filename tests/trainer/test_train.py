@@ -98,7 +98,8 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path):
     # And the accumulated gradient equals the one-batch gradient (Adam would amplify rounding in the weights).
     config = tiny_config()
     model = load_builtin(config)
-    rollout = collect_rollout(model, config, load_prompts(config.train_prompts), model.sigmas(config.num_steps), step=1)
+    prompts, sigmas = load_prompts(config.train_prompts), model.sigmas(config.num_steps)
+    rollout = collect_rollout(model, config, prompts, sigmas, step=1)
     embeds = model.encode_prompts(rollout.prompts)
     adv = torch.linspace(-1, 1, len(rollout.prompts))
     rows = torch.arange(8)
