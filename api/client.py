@@ -30,6 +30,7 @@ from api.schemas import (
     PresetPublic,
     ReviewPair,
     RunEventPublic,
+    RunListItem,
     RunPublic,
     RunsPublic,
     SamplePublic,
@@ -163,8 +164,8 @@ class Client:
                   "parent_run_id": parent_run_id, "cursor": cursor, "limit": limit}  # fmt: skip
         return self._get("/runs", RunsPublic, params=params)
 
-    def iter_runs(self, **filters: Any) -> Iterator[RunPublic]:
-        """Every run matching the filters, following the cursor page by page."""
+    def iter_runs(self, **filters: Any) -> Iterator[RunListItem]:
+        """Every run matching the filters, following the cursor page by page (no configs: get_run has them)."""
         cursor = None
         while True:
             page = self.list_runs(cursor=cursor, **filters)

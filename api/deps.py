@@ -18,7 +18,8 @@ from store.models import Run
 bearer = HTTPBearer(auto_error=False, description="A team token: `flowdppo token create --team NAME`.")
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    """Async because it does no I/O: a sync dependency costs a threadpool round trip on every request."""
     return request.app.state.services
 
 

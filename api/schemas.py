@@ -37,14 +37,15 @@ class RunCreate(BaseModel):
         return self
 
 
-class RunPublic(_Out):
+class RunListItem(_Out):
+    """A run as GET /runs lists it: every field of RunPublic but `config` (GET /runs/{run_id} has the config)."""
+
     id: int
     kind: RunKind
     status: RunStatus
     name: str
     tags: list[str]
     preset: str | None
-    config: dict[str, Any]
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -62,8 +63,14 @@ class RunPublic(_Out):
     variant: str | None
 
 
+class RunPublic(RunListItem):
+    """A whole run, with its validated config (TrainConfig for training runs, EvalConfig for evaluations)."""
+
+    config: dict[str, Any]
+
+
 class RunsPublic(BaseModel):
-    data: list[RunPublic]
+    data: list[RunListItem] = Field(description="Runs without their configs; GET /runs/{run_id} has the config.")
     count: int = Field(description="Number of runs in this page.")
     next_cursor: str | None = Field(None, description="Pass as `cursor` for the next page; null on the last page.")
 
@@ -101,6 +108,10 @@ class Series(BaseModel):
     last: list[float | None]
     min: list[float | None]
     max: list[float | None]
+    wall: list[float] = Field(
+        default_factory=list,
+        description="Wall time (Unix seconds, UTC) at which each bucket's last point was logged, for time axes.",
+    )
 
 
 class MetricsPublic(BaseModel):

@@ -13,7 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, func, or_, select, text, type_coerce, update
+from sqlalchemy import ColumnElement, Row, Select, and_, delete, func, or_, select, text, type_coerce, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
@@ -142,17 +142,53 @@ def list_runs(
     limit: int = 50,
 ) -> tuple[list[Run], str | None]:
     """Newest first. Returns (runs, next_cursor); pass next_cursor back for the next page (None = last page)."""
-    limit = max(1, min(limit, MAX_PAGE_SIZE))
-    where = _run_filters(
-        session, team_id=team_id, status=status, kind=kind, tag=tag,
-        comparison_id=comparison_id, parent_run_id=parent_run_id,
+    query, limit = _page_query(
+        session, select(Run), team_id=team_id, status=status, kind=kind, tag=tag, comparison_id=comparison_id,
+        parent_run_id=parent_run_id, cursor=cursor, limit=limit,
     )  # fmt: skip
+    return _page(list(session.scalars(query)), limit)
+
+
+# Every column of runs but the config: a list page reads these (the config is ~1 KB of JSON per run to fetch,
+# decode and re-encode; GET /runs/{id} has it).
+LISTED_COLUMNS = tuple(c for c in Run.__table__.columns if c.key != "config")
+
+
+def list_run_rows(
+    session: Session,
+    *,
+    team_id: int | None,
+    status: str | Iterable[str] | None = None,
+    kind: str | None = None,
+    tag: str | None = None,
+    comparison_id: int | None = None,
+    parent_run_id: int | None = None,
+    cursor: str | None = None,
+    limit: int = 50,
+) -> tuple[list[Row[Any]], str | None]:
+    """list_runs without the config: read-only rows with the other Run attributes (`row.id`, `row.status`, ...),
+    one index range scan on (team_id, id) and no ORM objects. Same filters, order and cursor as list_runs."""
+    query, limit = _page_query(
+        session, select(*LISTED_COLUMNS), team_id=team_id, status=status, kind=kind, tag=tag,
+        comparison_id=comparison_id, parent_run_id=parent_run_id, cursor=cursor, limit=limit,
+    )  # fmt: skip
+    return _page(list(session.execute(query)), limit)
+
+
+def _page_query(
+    session: Session, query: Select[Any], *, cursor: str | None, limit: int, **filters: Any
+) -> tuple[Select[Any], int]:
+    limit = max(1, min(limit, MAX_PAGE_SIZE))
+    where = _run_filters(session, **filters)
     if cursor is not None:
         try:
             where.append(Run.id < int(cursor))
         except ValueError as err:
             raise ValueError(f"cursor must be a value returned by list_runs, got {cursor!r}") from err
-    rows = list(session.scalars(select(Run).where(*where).order_by(Run.id.desc()).limit(limit + 1)))
+    return query.where(*where).order_by(Run.id.desc()).limit(limit + 1), limit
+
+
+def _page(rows: list[Any], limit: int) -> tuple[list[Any], str | None]:
     if len(rows) > limit:
         return rows[:limit], str(rows[limit - 1].id)
     return rows, None

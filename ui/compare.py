@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
-import numpy as np
 import pandas as pd
 
 from api.services import Services
@@ -35,7 +34,6 @@ DEFAULT_KEYS = [
     "grad_norm", "approx_kl",
 ]  # fmt: skip
 PSEUDO_KEYS = {TRUST: ("mask/fraction", "clip/fraction"), plots.RATIO_RANGE: ("ratio/min", "ratio/max")}
-TIME_KEYS = ("time/rollout_s", "time/reward_s", "time/train_s")
 REWARD, KL_REF = "reward/total/mean", "kl_ref/mean"
 X_AXES = ["step", "wall time (s)"]
 LIVE_SECONDS = 5.0  # chart refresh while a selected run is active
@@ -73,8 +71,10 @@ def compare_view(
     wall = x_axis != "step"
     with team_session(services, token) as (session, principal):
         runs = owned_runs(session, principal, run_ids)
-        fetch = _expand(keys) | {REWARD, KL_REF} | (set(TIME_KEYS) if wall else set())
-        series = metric_service.read_metrics(session, runs=runs, keys=sorted(fetch), max_points=MAX_POINTS).data
+        fetch = _expand(keys) | {REWARD, KL_REF}
+        series = metric_service.read_metrics(
+            session, runs=runs, keys=sorted(fetch), max_points=MAX_POINTS, with_wall=wall
+        ).data
         summaries = metric_service.summaries(session, runs=runs).data if runs else []
     by_key: dict[str, dict[int, Any]] = {}
     for s in series:
@@ -82,7 +82,7 @@ def compare_view(
             by_key.setdefault(s.key, {})[s.run_id] = s
     labels = {r.id: run_label(r) for r in runs}
     colors = plots.run_colors([r.id for r in runs])
-    to_x = {r.id: _x_mapper(by_key, r, wall) for r in runs}
+    to_x = {r.id: _x_mapper(by_key, r, wall) for r in runs}  # run id -> (series, steps) -> x values
     lines = {key: _lines(key, by_key, [r.id for r in runs], to_x) for key in keys}
     chart = plots.metric_figure(
         {k: v for k, v in lines.items() if v}, labels=labels, colors=colors, smoothing=smoothing,
@@ -111,13 +111,13 @@ def _lines(key: str, by_key: Mapping[str, Mapping[int, Any]], run_ids: Sequence[
             common = sorted(set(lo.steps) & set(hi.steps))
             lows, highs = dict(zip(lo.steps, lo.min, strict=True)), dict(zip(hi.steps, hi.max, strict=True))
             mid = [_mid(lows[s], highs[s]) for s in common]
-            out.append(plots.Line(run_id, to_x[run_id](common), mid, [lows[s] for s in common],
+            out.append(plots.Line(run_id, to_x[run_id](lo, common), mid, [lows[s] for s in common],
                                   [highs[s] for s in common]))  # fmt: skip
             continue
         candidates = PSEUDO_KEYS[key] if key == TRUST else (key,)
         found = next((by_key[k][run_id] for k in candidates if run_id in by_key.get(k, {})), None)
         if found is not None:
-            out.append(plots.Line(run_id, to_x[run_id](found.steps), found.last))
+            out.append(plots.Line(run_id, to_x[run_id](found, found.steps), found.last))
     return out
 
 
@@ -126,41 +126,25 @@ def _mid(lo: float | None, hi: float | None) -> float | None:
 
 
 def _x_mapper(by_key: Mapping[str, Mapping[int, Any]], run: Any, wall: bool):
-    """step -> x: the step itself, or the run's elapsed seconds at that step (see `wall_times`)."""
-    if not wall:
-        return lambda steps: list(steps)
-    parts = [by_key[k][run.id] for k in TIME_KEYS if run.id in by_key.get(k, {})]
-    per_step: dict[int, float] = {}
-    for s in parts:
-        for step, value in zip(s.steps, s.last, strict=True):
-            per_step[step] = per_step.get(step, 0.0) + (value or 0.0)
-    started, finished = run.started_at, run.finished_at
-    duration = (finished - started).total_seconds() if started and finished else None
-    steps = sorted(per_step)
-    return lambda query: wall_times(steps, [per_step[s] for s in steps], query, duration=duration)
+    """(series, steps) -> x: the steps themselves, or the run's elapsed seconds when each step was logged.
 
-
-def wall_times(
-    steps: Sequence[int], seconds_per_step: Sequence[float], query: Sequence[int], *, duration: float | None = None
-) -> list[float]:
-    """Elapsed seconds at each `query` step, integrating the logged per-step timings (time/*_s).
-
-    `steps` are the downsampled buckets' last steps; a bucket's seconds = its per-step time x its width. With the
-    run's wall `duration` known, the curve is scaled to end there (evaluations and checkpoints take time too).
-    Without timings, time is taken as proportional to the step.
+    Elapsed seconds are exact: each bucket's `wall` (when its last point was written) minus the run's start, so
+    pauses, evaluations, checkpoints and a requeue show as they happened. A run without a start time (imported
+    points) counts from its first logged point.
     """
-    query_arr = np.asarray(query, dtype=float)
-    if not len(steps):
-        last = max(query) if len(query) else 1
-        return list(query_arr * ((duration or last) / max(last, 1)))
-    first = steps[1] - steps[0] if len(steps) > 1 else 1  # buckets have one width; the first one's is not logged
-    widths = np.diff(np.asarray(steps, dtype=float), prepend=float(steps[0] - first))
-    cumulative = np.cumsum(np.asarray(seconds_per_step, dtype=float) * widths)
-    if duration and cumulative[-1] > 0:
-        cumulative *= duration / cumulative[-1]
-    xs = np.concatenate([[float(steps[0]) - widths[0]], np.asarray(steps, dtype=float)])
-    ys = np.concatenate([[0.0], cumulative])
-    return [round(float(v), 3) for v in np.interp(query_arr, xs, ys)]
+    if not wall:
+        return lambda series, steps: list(steps)
+    if run.started_at is not None:
+        start = run.started_at.timestamp()
+    else:
+        firsts = [s.wall[0] for per_run in by_key.values() if (s := per_run.get(run.id)) is not None and s.wall]
+        start = min(firsts, default=0.0)
+
+    def elapsed(series: Any, steps: Sequence[int]) -> list[float]:
+        at = dict(zip(series.steps, series.wall, strict=True))
+        return [round(at[step] - start, 3) for step in steps]
+
+    return elapsed
 
 
 def _reward_kl_points(by_key: Mapping[str, Mapping[int, Any]], run_ids: Sequence[int]) -> dict:

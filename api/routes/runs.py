@@ -31,7 +31,7 @@ def list_runs(
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> RunsPublic:
-    """Newest first; pass `next_cursor` back as `cursor` for the next page."""
+    """Newest first, without configs (GET /runs/{run_id} has them); pass `next_cursor` back as `cursor`."""
     return service.list_runs(
         session, team_id=team.team_id, status=status, kind=kind, tag=tag, comparison_id=comparison_id,
         parent_run_id=parent_run_id, cursor=cursor, limit=limit,

@@ -90,7 +90,9 @@ def aligned(
     """The comparison's runs and, per key, their values on the steps every run has (one shared bucket width)."""
     comparison = _owned(session, team_id=team_id, comparison_id=comparison_id)
     runs = store_comparisons.comparison_runs(session, comparison_id=comparison.id)
-    metrics = read_metrics(session, runs=runs, keys=keys, step_min=step_min, step_max=step_max, max_points=max_points)
+    metrics = read_metrics(
+        session, runs=runs, keys=keys, step_min=step_min, step_max=step_max, max_points=max_points, with_wall=False
+    )
     by_key: dict[str, dict[int, dict[int, float | None]]] = {}
     for s in metrics.data:
         by_key.setdefault(s.key, {})[s.run_id] = dict(zip(s.steps, s.last, strict=True))

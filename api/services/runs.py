@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from pydantic import TypeAdapter
 from sqlalchemy.orm import Session
 
-from api.schemas import EvaluateCreate, RunCreate, RunEventPublic, RunPublic, RunsPublic
+from api.schemas import EvaluateCreate, RunCreate, RunEventPublic, RunListItem, RunPublic, RunsPublic
 from api.services.configs import resolve_eval_config, resolve_train_config
 from api.services.errors import ConflictError, InvalidConfigError, NotFoundError, ServiceError
 from api.services.queue import TaskQueue
@@ -12,6 +13,8 @@ from store import checkpoints as store_checkpoints
 from store import runs as store_runs
 from store.models import Run
 from trainer.config import TrainConfig
+
+_LIST_ITEMS = TypeAdapter(list[RunListItem])  # one validator call per page, not one per row
 
 
 def get_owned_run(session: Session, *, team_id: int, run_id: int) -> Run:
@@ -54,9 +57,9 @@ def list_runs(
     cursor: str | None = None,
     limit: int = 50,
 ) -> RunsPublic:
-    """Newest first, one page; pass `next_cursor` back as `cursor` for the next one."""
+    """Newest first, one page of RunListItem (no configs: get_run has them); pass `next_cursor` back as `cursor`."""
     try:
-        rows, next_cursor = store_runs.list_runs(
+        rows, next_cursor = store_runs.list_run_rows(
             session, team_id=team_id, status=status, kind=kind, tag=tag, comparison_id=comparison_id,
             parent_run_id=parent_run_id, cursor=cursor, limit=limit,
         )  # fmt: skip
@@ -64,7 +67,7 @@ def list_runs(
         raise InvalidConfigError(
             [{"loc": ["query"], "msg": str(err), "type": "value_error", "input": cursor}]
         ) from err
-    data = [RunPublic.model_validate(r) for r in rows]
+    data = _LIST_ITEMS.validate_python(rows, from_attributes=True)
     return RunsPublic(data=data, count=len(data), next_cursor=next_cursor)
 
 

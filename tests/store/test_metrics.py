@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select
@@ -57,8 +58,10 @@ def test_read_series_downsamples_min_max_last(session, run_ids, max_points):
     rng = random.Random(max_points)
     a = {s: rng.uniform(-1, 1) for s in range(1, 1001) if rng.random() > 0.1}  # gaps, like a resumed run
     b = {s: rng.uniform(-1, 1) for s in range(1, 401)}
-    metrics.append_metrics(session, run_id=run_ids[0], rows=[(s, "k", v) for s, v in a.items()])
-    metrics.append_metrics(session, run_id=run_ids[1], rows=[(s, "k", v) for s, v in b.items()])
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    walls = {s: t0 + timedelta(seconds=s * 1.5 + rng.random(), microseconds=rng.randrange(10**6)) for s in a | b}
+    metrics.append_metrics(session, run_id=run_ids[0], rows=[(s, "k", v, walls[s]) for s, v in a.items()])
+    metrics.append_metrics(session, run_id=run_ids[1], rows=[(s, "k", v, walls[s]) for s, v in b.items()])
     series = metrics.read_series(session, run_ids=run_ids, keys=["k", "absent"], max_points=max_points)
     assert [(s.run_id, s.key) for s in series] == [(run_ids[0], "k"), (run_ids[0], "absent"), (run_ids[1], "k"),
                                                     (run_ids[1], "absent")]  # fmt: skip
@@ -70,9 +73,25 @@ def test_read_series_downsamples_min_max_last(session, run_ids, max_points):
         assert s.steps == [w[0] for w in want]
         for i, values in enumerate((s.last, s.min, s.max), start=1):
             assert values == pytest.approx([w[i] for w in want])
-    assert series[1].steps == [] and series[3].steps == []
+        # the wall time of each bucket's last point, to the microsecond
+        assert s.wall == pytest.approx([walls[w[0]].timestamp() for w in want], abs=1e-6)
+    assert series[1].steps == [] and series[3].steps == [] and series[1].wall == []
     if max_points >= 1000:  # width 1: exact points
         assert series[0].steps == sorted(a) and series[0].last == [a[k] for k in sorted(a)]
+    (bare,) = metrics.read_series(session, run_ids=[run_ids[0]], keys=["k"], max_points=max_points, with_wall=False)
+    assert bare.steps == series[0].steps and bare.last == series[0].last and bare.wall == []
+
+
+def test_rows_with_wall_times_and_naive_times_refused(session, run_ids):
+    rid = run_ids[0]
+    when = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    metrics.append_metrics(
+        session, run_id=rid, rows=[(1, "x", 1.0, when), (2, "x", 2.0)], wall_time=when.replace(hour=13)
+    )
+    assert [p.wall_time for p in metrics.read_points(session, run_id=rid)] == [when, when.replace(hour=13)]
+    with pytest.raises(ValueError, match="naive"):
+        metrics.append_metrics(session, run_id=rid, rows=[(3, "x", 1.0, datetime(2026, 1, 1))])
+    assert _count(session, rid) == 2
 
 
 def test_read_series_step_range(session, run_ids):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import gradio as gr
 import pytest
 from ui_seed import Team, make_team, mark_running
@@ -9,6 +11,7 @@ from ui_seed import Team, make_team, mark_running
 from api.services import Services
 from api.services import runs as run_service
 from api.services import samples as sample_service
+from store import metrics
 from store import runs as store_runs
 from trainer.config import TrainConfig
 from ui import compare, detail, review, runs, samples, submit
@@ -148,10 +151,26 @@ def test_compare_wall_time_axis(services: Services, seeded: tuple) -> None:
     owner, _, (clip, dppo) = seeded
     view = compare.compare_view(services, owner.token, [clip], ["reward/total/mean"], 0.0, "wall time (s)")
     (line,) = [t for t in view.chart.data if t.meta == "smoothed"]
-    assert line.x[-1] == pytest.approx(60 * 1.05, rel=1e-3)  # scaled to the run's wall duration
-    assert line.x[0] == pytest.approx(1.05, rel=1e-3)  # the seeded per-step timings are constant
-    assert compare.wall_times([10, 20], [1.0, 3.0], [0, 10, 15, 20]) == [0.0, 10.0, 25.0, 40.0]
-    assert compare.wall_times([], [], [0, 5, 10], duration=20.0) == [0.0, 10.0, 20.0]
+    assert list(line.x) == pytest.approx([s * 1.05 for s in range(1, 61)], abs=1e-3)  # when each step was logged
+
+def test_compare_wall_time_axis_is_exact(services: Services, team: Team) -> None:
+    # Each bucket's logged wall time, not an interpolation: a pause (a requeue, a slow evaluation) shows where it
+    # happened; a run that never started (imported points) counts from its first point.
+    seconds = [2.0, 3.5, 500.0, 501.25]
+    with services.session() as session:
+        run = store_runs.create_run(session, team_id=team.team_id, config={"steps": 4})
+        mark_running(session, run.id, step=3, total=4)
+        start = store_runs.get_run(session, run_id=run.id).started_at
+        rows = [(step, "paused", 1.0, start + timedelta(seconds=x)) for step, x in enumerate(seconds)]
+        metrics.append_metrics(session, run_id=run.id, rows=rows)
+        other = store_runs.create_run(session, team_id=team.team_id, config={"steps": 4}).id
+        metrics.append_metrics(session, run_id=other, rows=[(s, "paused", 1.0, r[3]) for s, r in enumerate(rows)])
+    for run_id, want in ((run.id, seconds), (other, [x - seconds[0] for x in seconds])):
+        view = compare.compare_view(services, team.token, [run_id], ["paused"], 0.0, "wall time (s)")
+        (line,) = [t for t in view.chart.data if t.meta == "smoothed"]
+        assert list(line.x) == pytest.approx(want, abs=1e-3)
+    by_step = compare.compare_view(services, team.token, [run.id], ["paused"], 0.0, "step")
+    assert list(next(t for t in by_step.chart.data if t.meta == "smoothed").x) == [0, 1, 2, 3]
 
 
 def test_sample_grid_rows_are_prompts_columns_runs_at_nearest_step(services: Services, seeded: tuple) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ from store.models import utcnow
 from store.session import begin_write
 from trainer.presets import get_preset
 
+SECONDS_PER_STEP = 1.05  # seeded runs log step s at start + s x 1.05 s
 PROMPTS = ["a red circle", "two blue squares", "a green triangle above a yellow circle", "three purple stars"]
 COLOURS = {"red": (220, 40, 40), "blue": (40, 80, 220), "green": (40, 170, 60), "yellow": (230, 200, 40),
            "purple": (140, 60, 180)}  # fmt: skip
@@ -98,9 +99,11 @@ def seed_comparison(
     all_steps = np.arange(1, steps + 1)
     for run in runs:
         series = curves(run.variant or "", all_steps.astype(float), rng)
-        rows = [(int(s), k, float(v[i])) for k, v in series.items() if keys is None or k in keys
+        start = utcnow() - timedelta(seconds=steps * SECONDS_PER_STEP)
+        wall = {int(s): start + timedelta(seconds=int(s) * SECONDS_PER_STEP) for s in all_steps}
+        rows = [(int(s), k, float(v[i]), wall[int(s)]) for k, v in series.items() if keys is None or k in keys
                 for i, s in enumerate(all_steps)]  # fmt: skip
-        rows += [(int(s), "eval/reward/total/mean", float(series["reward/total/mean"][s - 1] + 0.03))
+        rows += [(int(s), "eval/reward/total/mean", float(series["reward/total/mean"][s - 1] + 0.03), wall[int(s)])
                  for s in all_steps if s % 10 == 0]  # fmt: skip
         metrics.append_metrics(session, run_id=run.id, rows=rows)
         session.commit()
@@ -124,17 +127,20 @@ def seed_comparison(
         checkpoints.add_checkpoint(session, run_id=run.id, step=steps,
                                    path=artifacts.relative_to_data(data_dir, folder))  # fmt: skip
         store_runs.add_event(session, run_id=run.id, message=f"finished {steps} steps")
-        finish(session, run.id, steps=steps, seconds=steps * 1.05)
+        finish(session, run.id, steps=steps, seconds=steps * SECONDS_PER_STEP, started_at=start)
     return comparison.id, [r.id for r in runs]
 
 
-def finish(session: Session, run_id: int, *, steps: int, seconds: float, status: str = "succeeded") -> None:
+def finish(
+    session: Session, run_id: int, *, steps: int, seconds: float, status: str = "succeeded",
+    started_at: datetime | None = None,
+) -> None:
     run = store_runs.get_run(session, run_id=run_id)
     assert run is not None
     begin_write(session)
-    end = utcnow()
+    start = started_at or utcnow() - timedelta(seconds=seconds)
     run.status, run.step, run.total_steps, run.progress = status, steps, steps, 1.0
-    run.started_at, run.finished_at, run.worker = end - timedelta(seconds=seconds), end, "celery@seeded"
+    run.started_at, run.finished_at, run.worker = start, start + timedelta(seconds=seconds), "celery@seeded"
     session.commit()
 
 

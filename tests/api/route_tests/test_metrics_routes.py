@@ -6,6 +6,7 @@ import json
 import threading
 import time
 
+import pytest
 from api_helpers import API, add_points, make_run
 
 from store import metrics as store_metrics
@@ -21,6 +22,8 @@ def test_keys_series_step_range_and_max_points(client, session, team):
     (series,) = client.get(f"{API}/runs/{run}/metrics", params=params, headers=team.headers).json()["data"]
     assert series["steps"] == list(range(14, 60, 5))  # 10 buckets of 5 steps, each labelled by its last step
     assert series["last"][0] == 0.5 + 14 / 1000 and series["min"][0] == 0.5 + 10 / 1000
+    walls = {p.step: p.wall_time.timestamp() for p in store_metrics.read_points(session, run_id=run)}
+    assert series["wall"] == pytest.approx([walls[s] for s in series["steps"]], abs=1e-6)  # each bucket's last point
     everything = client.get(f"{API}/runs/{run}/metrics", headers=team.headers).json()["data"]
     assert {s["key"] for s in everything} == set(keys) and len(everything[0]["steps"]) == 100
 

@@ -76,6 +76,17 @@ def test_cursor_pagination_and_filters(client, session, team):
     assert client.get(f"{API}/runs", params={"cursor": "x"}, headers=team.headers).status_code == 422
 
 
+def test_list_items_carry_no_config_and_get_has_it(client, session, team):
+    run_id = make_run(session, team_id=team.team_id)
+    (item,) = client.get(f"{API}/runs", headers=team.headers).json()["data"]
+    full = client.get(f"{API}/runs/{run_id}", headers=team.headers).json()
+    assert "config" not in item and full["config"] and {**item, "config": full["config"]} == full
+    # the OpenAPI schema says so: list items are RunListItem (no config), GET /runs/{id} is RunPublic
+    schemas = client.get(f"{API}/openapi.json").json()["components"]["schemas"]
+    assert schemas["RunsPublic"]["properties"]["data"]["items"] == {"$ref": "#/components/schemas/RunListItem"}
+    assert "config" not in schemas["RunListItem"]["properties"] and "config" in schemas["RunPublic"]["required"]
+
+
 def test_cancel_queued_goes_straight_to_cancelled(client, session, team):
     run_id = make_run(session, team_id=team.team_id)
     r = client.post(f"{API}/runs/{run_id}/cancel", headers=team.headers)
