@@ -64,16 +64,19 @@ def collect_rollout(
                 sde_noise[rows],
                 storage_dtype=model.dtype,
                 logprob_reduction=config.logprob_reduction,
-                reference_velocity_fn=_reference_fn(model, emb, config) if lo < ref_rows else None,
+                reference_velocity_fn=_reference_fn(model, emb, config, ref_rows - lo) if lo < ref_rows else None,
             )
         )
     return Rollout(prompts=prompts, group_ids=group_ids, traj=_cat_trajectories(parts, ref_rows), sigmas=sigmas)
 
 
-def _reference_fn(model: FlowModel, embeds, config: TrainConfig):
+def _reference_fn(model: FlowModel, embeds, config: TrainConfig, rows: int):
+    """pi_ref's velocity on the chunk's first `rows` samples only (the kl_ref monitor needs no more)."""
+    embeds = select_embeds(embeds, slice(0, rows))
+
     def velocity_ref(x, s):
         with model.reference():
-            return model.velocity(x, s, embeds, config.guidance_scale)
+            return model.velocity(x[:rows], s[:rows], embeds, config.guidance_scale)
 
     return velocity_ref
 

@@ -143,7 +143,8 @@ def sample_trajectory(
         sde_noise: (B, len(sde_steps), C, H, W) the z of each SDE step; drawn by the caller so that a batch split
             into chunks samples exactly what the whole batch would.
         storage_dtype: x' is rounded through it before its log-prob, so replay scores exactly what is stored.
-        reference_velocity_fn: when given, also record pi_ref's mean at each SDE step (for KL-to-reference).
+        reference_velocity_fn: when given, also record pi_ref's mean at each SDE step (for KL-to-reference); it may
+            return fewer rows than it is given, the reference means then cover that leading subset of the batch.
 
     Returns:
         A Trajectory.
@@ -178,7 +179,8 @@ def sample_trajectory(
         recorded.append(k)
         if reference_velocity_fn is not None:
             v_ref = reference_velocity_fn(x, sigma)
-            means_ref.append(transition(kind, v_ref, x, sigmas[k], sigmas[k + 1], noise_level, sigmas[1])[0])
+            x_ref = x[: v_ref.shape[0]]
+            means_ref.append(transition(kind, v_ref, x_ref, sigmas[k], sigmas[k + 1], noise_level, sigmas[1])[0])
         x = x_next
     if not xs:
         raise ValueError(f"no stochastic step among sde_steps={sde_steps} (a {kind} step with std 0 is an ODE step)")

@@ -10,7 +10,7 @@ from trainer.metrics import TIMING_PREFIXES
 from trainer.models.builtin import load_builtin
 from trainer.presets import get_preset
 from trainer.prompts import load_prompts
-from trainer.rollout import collect_rollout
+from trainer.rollout import KL_REF_MONITOR_SAMPLES, collect_rollout
 from trainer.train import _loss_backward, train
 
 TINY = {
@@ -100,6 +100,8 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path):
     model = load_builtin(config)
     prompts, sigmas = load_prompts(config.train_prompts), model.sigmas(config.num_steps)
     rollout = collect_rollout(model, config, prompts, sigmas, step=1)
+    # With beta = 0 the drift monitor runs pi_ref on KL_REF_MONITOR_SAMPLES rows only, not on the whole batch.
+    assert rollout.traj.mean_ref.shape[0] == min(KL_REF_MONITOR_SAMPLES, len(rollout.prompts))
     embeds = model.encode_prompts(rollout.prompts)
     adv = torch.linspace(-1, 1, len(rollout.prompts))
     rows = torch.arange(8)
