@@ -96,7 +96,7 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path):
     assert micro.metrics[1]["reward/total/mean"] == pytest.approx(big.metrics[1]["reward/total/mean"], abs=1e-5)
     assert micro.metrics[1]["loss/policy"] == pytest.approx(big.metrics[1]["loss/policy"], abs=1e-5)
     # And the accumulated gradient equals the one-batch gradient (Adam would amplify rounding in the weights).
-    config = tiny_config()
+    config = tiny_config(prompts_per_step=8)  # B = 32 > KL_REF_MONITOR_SAMPLES
     model = load_builtin(config)
     prompts, sigmas = load_prompts(config.train_prompts), model.sigmas(config.num_steps)
     rollout = collect_rollout(model, config, prompts, sigmas, step=1)
