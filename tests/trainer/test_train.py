@@ -99,9 +99,20 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path):
     config = tiny_config(prompts_per_step=8)  # B = 32 > KL_REF_MONITOR_SAMPLES
     model = load_builtin(config)
     prompts, sigmas = load_prompts(config.train_prompts), model.sigmas(config.num_steps)
+    reference_rows = []
+    policy_velocity = model.velocity
+
+    def spy(x, *args, **kwargs):
+        if model._use_reference:
+            reference_rows.append(x.shape[0])
+        return policy_velocity(x, *args, **kwargs)
+
+    model.velocity = spy
     rollout = collect_rollout(model, config, prompts, sigmas, step=1)
+    del model.velocity
     # With beta = 0 the drift monitor runs pi_ref on KL_REF_MONITOR_SAMPLES rows only, not on the whole batch.
-    assert rollout.traj.mean_ref.shape[0] == min(KL_REF_MONITOR_SAMPLES, len(rollout.prompts))
+    assert reference_rows == [KL_REF_MONITOR_SAMPLES] * config.num_sde_steps
+    assert rollout.traj.mean_ref.shape[0] == KL_REF_MONITOR_SAMPLES
     embeds = model.encode_prompts(rollout.prompts)
     adv = torch.linspace(-1, 1, len(rollout.prompts))
     rows = torch.arange(8)
