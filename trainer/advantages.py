@@ -7,8 +7,11 @@ import torch
 _EPS = 1e-8  # spec §5: guards groups whose rewards are all equal
 
 
-def _group_stats(values: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample mean and std (population) of its group. values, group_ids: (B,) -> two (B,) tensors."""
+def _group_stats(values: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample mean, std (population) and flatness of its group. values, group_ids: (B,) -> three (B,) tensors.
+
+    A group is flat when its max equals its min: float rounding gives equal values a std of ~1e-8, not 0.
+    """
     _, inverse = torch.unique(group_ids, return_inverse=True)
     n_groups = int(inverse.max()) + 1
     count = torch.zeros(n_groups, dtype=values.dtype).index_add_(0, inverse, torch.ones_like(values))
@@ -16,7 +19,9 @@ def _group_stats(values: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.T
     mean = total / count
     sq = torch.zeros(n_groups, dtype=values.dtype).index_add_(0, inverse, (values - mean[inverse]) ** 2)
     std = torch.sqrt(sq / count)
-    return mean[inverse], std[inverse]
+    high = torch.full((n_groups,), -torch.inf, dtype=values.dtype).scatter_reduce(0, inverse, values, "amax")
+    low = torch.full((n_groups,), torch.inf, dtype=values.dtype).scatter_reduce(0, inverse, values, "amin")
+    return mean[inverse], std[inverse], (high == low)[inverse]
 
 
 def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, global_std: bool = True) -> torch.Tensor:
@@ -32,10 +37,10 @@ def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, global_std:
     """
     rewards = rewards.float().cpu()
     group_ids = group_ids.cpu()
-    mean, std_group = _group_stats(rewards, group_ids)
+    mean, std_group, flat = _group_stats(rewards, group_ids)
     std = rewards.std(unbiased=False).expand_as(rewards) if global_std else std_group
     adv = (rewards - mean) / (std + _EPS)
-    return torch.where(std_group > 0, adv, torch.zeros_like(adv))
+    return torch.where(flat, torch.zeros_like(adv), adv)
 
 
 def gdpo_advantages(rewards: torch.Tensor, weights: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
@@ -54,9 +59,10 @@ def gdpo_advantages(rewards: torch.Tensor, weights: torch.Tensor, group_ids: tor
     combined = torch.zeros(rewards.shape[0])
     any_spread = torch.zeros(rewards.shape[0], dtype=torch.bool)
     for k in range(rewards.shape[1]):
-        mean, std = _group_stats(rewards[:, k], group_ids)
-        combined += weights[k] * (rewards[:, k] - mean) / (std + _EPS)
-        any_spread |= std > 0
+        mean, std, flat = _group_stats(rewards[:, k], group_ids)
+        normalised = (rewards[:, k] - mean) / (std + _EPS)
+        combined += weights[k] * torch.where(flat, torch.zeros_like(normalised), normalised)
+        any_spread |= ~flat
     adv = (combined - combined.mean()) / (combined.std(unbiased=False) + _EPS)
     return torch.where(any_spread, adv, torch.zeros_like(adv))
 
@@ -69,5 +75,5 @@ def zero_std_fraction(rewards: torch.Tensor, group_ids: torch.Tensor) -> float:
     columns = rewards.float().cpu().reshape(rewards.shape[0], -1)
     flat = torch.ones(columns.shape[0], dtype=torch.bool)
     for k in range(columns.shape[1]):
-        flat &= _group_stats(columns[:, k], group_ids.cpu())[1] == 0
+        flat &= _group_stats(columns[:, k], group_ids.cpu())[2]
     return flat.float().mean().item()

@@ -44,3 +44,29 @@ def test_gdpo_normalises_each_reward_within_its_group():
     assert adv[0] == pytest.approx(adv[1].item()) and adv[3] > 0 > adv[2]
     assert adv.mean().abs() < 1e-6
     assert torch.equal(gdpo_advantages(torch.ones(4, 2), torch.ones(2), groups), torch.zeros(4))
+
+
+@pytest.mark.parametrize("value", [1 / 3, 2 / 5, 0.7])
+def test_flat_groups_get_zero_advantage_despite_float_rounding(value):
+    # Equal float32 rewards can have a computed std of ~1e-8; the group is still flat and must carry A = 0.
+    groups = torch.tensor([0] * 16 + [1] * 16)
+    rewards = torch.cat([torch.full((16,), value), torch.linspace(0, 1, 16)])
+    for global_std in (True, False):
+        assert torch.equal(group_advantages(rewards, groups, global_std)[:16], torch.zeros(16))
+    assert zero_std_fraction(rewards, groups) == 0.5
+    # GDPO: a group flat in one reward gets no advantage from that reward, whatever its other reward says.
+    second = torch.cat([torch.zeros(16), torch.linspace(1, 0, 16)])
+    adv = gdpo_advantages(torch.stack([rewards, second], 1), torch.tensor([1.0, 0.5]), groups)
+    assert torch.equal(adv[:16], torch.zeros(16))
+
+
+def test_gdpo_weights_scale_each_normalised_reward():
+    groups = torch.tensor([0, 0, 0, 0])
+    a = torch.tensor([0.0, 1.0, 2.0, 3.0])
+    b = torch.tensor([3.0, 2.0, 1.0, 0.0]) * 50
+    za = (a - a.mean()) / a.std(unbiased=False)
+    zb = (b - b.mean()) / b.std(unbiased=False)
+    combined = 2.0 * za + 0.5 * zb
+    expected = (combined - combined.mean()) / combined.std(unbiased=False)
+    adv = gdpo_advantages(torch.stack([a, b], 1), torch.tensor([2.0, 0.5]), groups)
+    assert torch.allclose(adv, expected, atol=1e-5)
