@@ -13,7 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, Select, and_, delete, func, or_, select, text, type_coerce, update
+from sqlalchemy import ColumnElement, Row, Select, and_, case, delete, func, or_, select, text, type_coerce, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
@@ -228,23 +228,53 @@ def claim_run(session: Session, *, run_id: int, worker: str, stale_after: timede
     """
     begin_write(session)
     now = utcnow()
-    may_start = or_(
-        Run.status == "queued",
-        and_(Run.status == "running", or_(Run.heartbeat_at < now - stale_after, Run.worker == worker)),
-    )
+    reclaimable = and_(Run.status == "running", or_(Run.heartbeat_at < now - stale_after, Run.worker == worker))
+    # Taking over a running run is a new attempt (the previous execution is fenced off) and uses up one retry.
     result = session.execute(
         update(Run)
-        .where(Run.id == run_id, may_start, Run.cancel_requested.is_(False))
-        .values(status="running", worker=worker, heartbeat_at=now, started_at=func.coalesce(Run.started_at, now))
+        .where(
+            Run.id == run_id,
+            or_(Run.status == "queued", and_(reclaimable, Run.attempt < Run.max_attempts)),
+            Run.cancel_requested.is_(False),
+        )
+        .values(
+            status="running", worker=worker, heartbeat_at=now, started_at=func.coalesce(Run.started_at, now),
+            attempt=case((Run.status == "running", Run.attempt + 1), else_=Run.attempt),
+        )  # fmt: skip
         .execution_options(synchronize_session="fetch")
     )
     if result.rowcount != 1:
         session.rollback()
+        _fail_exhausted(session, run_id=run_id, worker=worker, reclaimable=reclaimable, now=now)
         return None
     session.commit()
     run = get_run(session, run_id=run_id)
     add_event(session, run_id=run_id, message=f"started on {worker} (attempt {run.attempt}/{run.max_attempts})")
     return run
+
+
+def _fail_exhausted(session: Session, *, run_id: int, worker: str, reclaimable: ColumnElement[bool], now: Any) -> None:
+    """A running run delivered again with no attempt left (a job that keeps killing its worker) fails."""
+    run = get_run(session, run_id=run_id)
+    if run is None or run.status != "running" or run.attempt < run.max_attempts:
+        session.rollback()
+        return
+    error = (
+        f"delivered again to {worker} after attempt {run.attempt} was lost (its worker process died?); "
+        f"gave up after {run.attempt}/{run.max_attempts} attempts"
+    )
+    begin_write(session)
+    result = session.execute(
+        update(Run)
+        .where(Run.id == run_id, reclaimable, Run.attempt == run.attempt, Run.cancel_requested.is_(False))
+        .values(status="failed", finished_at=now, error=error)
+        .execution_options(synchronize_session="fetch")
+    )
+    if result.rowcount != 1:
+        session.rollback()
+        return
+    add_event(session, run_id=run_id, message=f"failed: {error}", level="error", commit=False)
+    session.commit()
 
 
 def heartbeat(

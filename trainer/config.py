@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from trainer.prompts import check_prompt_spec
 from trainer.rewards.registry import available_rewards
 
 LossName = Literal["dppo", "clip", "none"]
 SamplerName = Literal["flow_sde", "cps"]
+PromptSpec = Annotated[str, AfterValidator(check_prompt_spec)]  # "shapes:<split>" or "file:<path>"
 ModelFamily = Literal["builtin", "sd3", "flux"]
 
 # Spec §2/§6: the noise level defaults depend on the sampler; spec §4: the advantage clip depends on the loss.
@@ -57,8 +59,10 @@ class TrainConfig(BaseModel):
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory on large transformers.")
 
     # --- prompts ---
-    train_prompts: str = Field("shapes:train", description="Prompt set: 'shapes:train' or 'file:/path/prompts.txt'.")
-    eval_prompts: str = Field("shapes:heldout", description="Held-out prompt set for evaluation.")
+    train_prompts: PromptSpec = Field(
+        "shapes:train", description="Prompt set: 'shapes:train' or 'file:/path/prompts.txt'."
+    )
+    eval_prompts: PromptSpec = Field("shapes:heldout", description="Held-out prompt set for evaluation.")
 
     # --- sampling (spec §1-2) ---
     sampler: SamplerName = Field("flow_sde", description="Per-step Gaussian policy: flow_sde (Flow-GRPO) or cps.")
@@ -68,7 +72,7 @@ class TrainConfig(BaseModel):
     num_steps: int = Field(10, ge=2, le=1000, description="Sampling steps during training rollouts (spec §6: 10).")
     shift: float = Field(3.0, gt=0.0, description="Timestep shift of the flow-matching schedule (SD3: 3).")
     sde_steps: int | Literal["all"] = Field(
-        3, description="Stochastic (trained) steps per rollout, or 'all' (spec §1)."
+        3, description="Stochastic (trained) steps per rollout, or 'all': every step, sde_window ignored (spec §1)."
     )
     sde_window: tuple[float, float] = Field(
         (0.0, 0.5), description="Fraction [start, end) of the schedule the SDE steps are drawn from (spec §1)."
@@ -216,7 +220,7 @@ class EvalConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     train: TrainConfig = Field(description="The run's training config (model, LoRA layout, rewards).")
-    prompts: str | None = Field(None, description="Prompt set; None = the run's eval_prompts.")
+    prompts: PromptSpec | None = Field(None, description="Prompt set; None = the run's eval_prompts.")
     num_prompts: int = Field(32, ge=1, le=10_000, description="Prompts taken from the set, in order.")
     samples_per_prompt: int = Field(1, ge=1, le=64, description="Seeds per prompt: seed, seed+1, ...")
     seed: int = Field(0, ge=0, description="First seed of the fixed evaluation noise.")
@@ -236,7 +240,9 @@ def _window_size(num_steps: int, window: tuple[float, float]) -> int:
 
 
 def sde_window_range(config: TrainConfig) -> range:
-    """Step indices the SDE steps are drawn from (spec §1: by default the first half of the schedule)."""
+    """Step indices the SDE steps are drawn from (spec §1: by default the first half; 'all': every step)."""
+    if config.sde_steps == "all":
+        return range(config.num_steps)
     lo, hi = config.sde_window
     return range(int(lo * config.num_steps), int(hi * config.num_steps + 0.5))
 

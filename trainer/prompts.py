@@ -9,6 +9,19 @@ from trainer.shapes import SPLITS, prompt_split
 SCHEMES = ("shapes", "file")
 
 
+def check_prompt_spec(spec: str) -> str:
+    """Refuse a malformed spec at validation time (the file itself is read where the run executes)."""
+    scheme, sep, rest = spec.partition(":")
+    if not sep or scheme not in SCHEMES or not rest:
+        raise ValueError(
+            f"prompt set {spec!r} is not understood; use 'shapes:<split>' with split in {{{', '.join(SPLITS)}}} "
+            "or 'file:/path/to/prompts.txt'"
+        )
+    if scheme == "shapes" and rest not in SPLITS:
+        raise ValueError(f"prompt set {spec!r}: unknown shapes split {rest!r}; allowed: {', '.join(SPLITS)}")
+    return spec
+
+
 def load_prompts(spec: str) -> list[str]:
     """Load the prompt set named by `spec`.
 
@@ -22,18 +35,11 @@ def load_prompts(spec: str) -> list[str]:
     Raises:
         ValueError: for an unknown scheme or split, a missing or unreadable file (naming the path), or an empty set.
     """
-    scheme, sep, rest = spec.partition(":")
-    if not sep or scheme not in SCHEMES:
-        raise ValueError(
-            f"prompt set {spec!r} is not understood; use 'shapes:<split>' with split in {{{', '.join(SPLITS)}}} "
-            "or 'file:/path/to/prompts.txt'"
-        )
+    scheme, _, rest = check_prompt_spec(spec).partition(":")
     if scheme == "shapes":
-        if rest not in SPLITS:
-            raise ValueError(f"prompt set {spec!r}: unknown shapes split {rest!r}; allowed: {', '.join(SPLITS)}")
         return prompt_split(rest)
     path = Path(rest).expanduser()
-    if not rest or not path.is_file():
+    if not path.is_file():
         raise ValueError(f"prompt set {spec!r}: prompt file {str(path)!r} does not exist or is not a file")
     try:
         text = path.read_text(encoding="utf-8")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from trainer.config import TrainConfig, sde_window_range
@@ -15,7 +16,8 @@ KL_REF_MONITOR_SAMPLES = 16  # with beta = 0, drift from the base is measured on
 
 def step_generator(seed: int, step: int, purpose: int) -> torch.Generator:
     """Every random draw of a run comes from (seed, step, purpose): resume needs no RNG state, same seed same run."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + step * 101 + purpose)
+    # SeedSequence mixes the three numbers: no (seed, step, purpose) shares a stream with another.
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step, purpose]).generate_state(1)[0]))
 
 
 @dataclass

@@ -211,19 +211,16 @@ def _loss_backward(model, config: TrainConfig, rollout: Rollout, embeds, adv, ro
 
 
 def _combine_stats(collected: list[tuple[int, dict[str, float]]]) -> dict[str, float]:
-    """Weighted mean over micro-batches; min/max keys keep their extreme; self-test keys are taken as they are."""
+    """Weighted mean over micro-batches; min/max and self-test keys keep their extreme."""
     out: dict[str, float] = {}
     for key in collected[0][1]:
         values = [(n, s[key]) for n, s in collected if key in s]
         if key.endswith("/min"):
             out[key] = min(v for _, v in values)
-        elif key.endswith("/max"):
+        elif key.endswith("/max") or key.startswith("selftest/"):  # a deviation is its worst case
             out[key] = max(v for _, v in values)
         else:
             out[key] = sum(n * v for n, v in values) / sum(n for n, _ in values)
-    for _, s in collected:  # keys only present on the first micro-batch (self-test)
-        for key, value in s.items():
-            out.setdefault(key, value)
     return out
 
 

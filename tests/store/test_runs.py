@@ -66,17 +66,18 @@ def test_claim_heartbeat_finish(session, team):
     run = _run(session, team)
     claimed = runs.claim_run(session, run_id=run.id, worker="w1@host", stale_after=STALE)
     assert (claimed.status, claimed.worker) == ("running", "w1@host") and claimed.started_at is not None
-    # a second worker with a fresh heartbeat in place gets nothing; the same worker (a redelivery) may re-claim
+    # a second worker with a fresh heartbeat in place gets nothing; the same worker (a redelivery) may re-claim,
+    # as a new attempt
     assert runs.claim_run(session, run_id=run.id, worker="w2@host", stale_after=STALE) is None
-    assert runs.claim_run(session, run_id=run.id, worker="w1@host", stale_after=STALE) is not None
+    assert runs.claim_run(session, run_id=run.id, worker="w1@host", stale_after=STALE).attempt == 2
 
-    beat = runs.heartbeat(session, run_id=run.id, attempt=1, step=2, progress=0.4)
+    beat = runs.heartbeat(session, run_id=run.id, attempt=2, step=2, progress=0.4)
     assert beat.owned and not beat.cancel_requested and not beat.should_stop
     refreshed = runs.get_run(session, run_id=run.id)
     assert (refreshed.step, refreshed.progress) == (2, 0.4)
-    assert not runs.heartbeat(session, run_id=run.id, attempt=2).owned  # another attempt's worker is fenced off
+    assert not runs.heartbeat(session, run_id=run.id, attempt=1).owned  # another attempt's worker is fenced off
 
-    assert runs.finish_run(session, run_id=run.id, status="succeeded", attempt=1)
+    assert runs.finish_run(session, run_id=run.id, status="succeeded", attempt=2)
     assert not runs.finish_run(session, run_id=run.id, status="failed", error="late")  # first final status wins
     done = runs.get_run(session, run_id=run.id)
     assert (done.status, done.progress, done.error) == ("succeeded", 1.0, None) and done.finished_at is not None
@@ -162,3 +163,28 @@ def test_active_runs(session, team):
     a, _b = _run(session, team), _run(session, team)
     runs.claim_run(session, run_id=a.id, worker="gpu0@h", stale_after=STALE)
     assert [(r.id, r.worker) for r in runs.active_runs(session)] == [(a.id, "gpu0@h")]
+
+
+def test_reclaiming_a_running_run_is_a_new_attempt_until_max_attempts(session, team):
+    run = _run(session, team, max_attempts=2)
+    assert runs.claim_run(session, run_id=run.id, worker="w1", stale_after=STALE).attempt == 1
+    # a redelivery to the same worker (its child was killed): a new attempt, the old one fenced off
+    again = runs.claim_run(session, run_id=run.id, worker="w1", stale_after=STALE)
+    assert (again.status, again.attempt) == ("running", 2)
+    assert not runs.heartbeat(session, run_id=run.id, attempt=1).owned
+    # the third delivery would exceed max_attempts: the run fails instead of being claimed forever
+    assert runs.claim_run(session, run_id=run.id, worker="w1", stale_after=STALE) is None
+    failed = runs.get_run(session, run_id=run.id)
+    assert failed.status == "failed" and "2 attempts" in failed.error and failed.finished_at is not None
+    assert runs.list_events(session, run_id=run.id)[-1].level == "error"
+
+
+def test_stale_takeover_by_another_worker_fences_off_the_old_one(session, team):
+    run = _run(session, team)
+    runs.claim_run(session, run_id=run.id, worker="w1", stale_after=STALE)
+    session.query(Run).filter_by(id=run.id).update({"heartbeat_at": utcnow() - timedelta(minutes=5)})
+    session.commit()
+    taken = runs.claim_run(session, run_id=run.id, worker="w2", stale_after=STALE)
+    assert (taken.worker, taken.attempt) == ("w2", 2)
+    assert not runs.heartbeat(session, run_id=run.id, attempt=1).owned
+    assert not runs.finish_run(session, run_id=run.id, status="failed", error="late", attempt=1)

@@ -1,10 +1,12 @@
 """The run config: defaults from the spec, refusal of bad values with the field named, round trips."""
 
 import pytest
+import torch
 from pydantic import ValidationError
 
-from trainer.config import TrainConfig, format_validation_error, parse_overrides
+from trainer.config import TrainConfig, format_validation_error, parse_overrides, sde_window_range
 from trainer.presets import PRESETS, get_preset
+from trainer.rollout import step_generator
 
 
 def test_spec_defaults():
@@ -30,6 +32,8 @@ def test_spec_defaults():
         ({"sampler": "ddim"}, "sampler"),
         ({"logprob_reduction": "max"}, "logprob_reduction"),
         ({"rewards": [{"name": "shapes", "weight": -1}]}, "rewards.0.weight"),
+        ({"train_prompts": "shapes:bogus"}, "train_prompts"),
+        ({"eval_prompts": "prompts.txt"}, "eval_prompts"),
     ],
 )
 def test_bad_values_are_refused_with_the_field_named(overrides, field):
@@ -73,3 +77,18 @@ def test_presets_differ_only_in_loss_and_sampler():
         assert {k for k in base if base[k] != other[k]} <= {"loss", "sampler"}
     with pytest.raises(ValueError, match="known presets"):
         get_preset("nope")
+
+
+def test_sde_steps_all_covers_the_whole_schedule():
+    config = TrainConfig(sde_steps="all", num_steps=6)
+    assert sde_window_range(config) == range(6) and config.num_sde_steps == 6
+    assert sde_window_range(TrainConfig(num_steps=10)) == range(0, 5)  # default: the first half (spec §1)
+
+
+def test_step_streams_never_coincide():
+    # Each (seed, step, purpose) has its own stream: the 2nd epoch's shuffle at step s is not step s+1's rollout.
+    first = [torch.randn(4, generator=step_generator(0, s, p)) for s in range(1, 4) for p in (1, 100, 101, 102)]
+    assert len({tuple(t.tolist()) for t in first}) == len(first)
+    assert torch.equal(
+        torch.randn(4, generator=step_generator(3, 7, 1)), torch.randn(4, generator=step_generator(3, 7, 1))
+    )

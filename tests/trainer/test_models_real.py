@@ -142,14 +142,15 @@ def test_velocity_is_independent_of_batch_split_and_cfg_is_uncond_plus_scaled_di
     torch.testing.assert_close(whole, uncond + 4.5 * (cond - uncond), atol=1e-5, rtol=1e-5)
 
 
-def test_prompt_cache_encodes_each_prompt_once():
+def test_prompt_cache_encodes_each_prompt_once_and_alone():
     model = make_model("sd3")
     calls = []
     encode = model._encode
     model._encode = lambda prompts, device: calls.append(list(prompts)) or encode(prompts, device)
     first = model.encode_prompts(["a", "b", "a"])
     second = model.encode_prompts(["b", "c"])
-    assert calls == [["a", "b"], ["c"]]
+    # one prompt per call: an embedding never depends on the prompts it happened to be batched with
+    assert calls == [["a"], ["b"], ["c"]]
     torch.testing.assert_close(first["prompt_embeds"][1], second["prompt_embeds"][0])
     model.free_text_encoders()
     model.encode_prompts(["a", "c"])  # cached: fine without encoders

@@ -171,7 +171,8 @@ def test_load_prompts_file_skips_blanks_and_comments(tmp_path):
         ("shapes:test", "unknown shapes split 'test'"),
         ("geneval:train", "not understood"),
         ("shapes", "not understood"),
-        ("file:", "does not exist"),
+        ("file:", "not understood"),
+        ("file:/no/such/prompts.txt", "does not exist"),
     ],
 )
 def test_load_prompts_rejects_unknown_specs(spec, message):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,30 @@ def select_embeds(embeds: PromptEmbeds, index: torch.Tensor | slice) -> PromptEm
 
 def cat_embeds(parts: list[PromptEmbeds]) -> PromptEmbeds:
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+class PromptCache:
+    """Per-prompt text embeddings, computed once for the run and kept on `storage` (CPU by default).
+
+    Each prompt is encoded on its own: an embedding batched with other prompts differs in the last bits, so it
+    would depend on which prompts came first, and a resumed run would not repeat the uninterrupted one. SD3's
+    embeddings are ~(333, 4096) per prompt: a few MB each, so thousands of prompts live on the CPU and only the
+    rows of the current batch go to the GPU.
+    """
+
+    def __init__(self, encode: Callable[[list[str]], PromptEmbeds], storage: str | torch.device = "cpu"):
+        self._encode = encode
+        self._rows: dict[str, PromptEmbeds] = {}
+        self.storage = torch.device(storage)
+
+    def get(self, prompts: list[str], device: torch.device) -> PromptEmbeds:
+        """Embeddings of `prompts` (B rows, in order) on `device`; encodes the prompts not seen before."""
+        for prompt in dict.fromkeys(p for p in prompts if p not in self._rows):
+            with torch.no_grad():
+                embeds = self._encode([prompt])
+            self._rows[prompt] = {k: v[0].to(self.storage) for k, v in embeds.items()}
+        keys = self._rows[prompts[0]].keys()
+        return {k: torch.stack([self._rows[p][k] for p in prompts]).to(device) for k in keys}
 
 
 class FlowModel(ABC):

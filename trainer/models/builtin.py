@@ -18,7 +18,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from trainer.models.base import FlowModel, PromptEmbeds
+from trainer.models.base import FlowModel, PromptCache, PromptEmbeds
 
 SHIPPED_BASE = "shapes_base.safetensors"  # in trainer/assets/, rebuilt by `flowdppo pretrain-base`
 PAD, UNK = "<pad>", "<unk>"
@@ -94,7 +94,7 @@ class BuiltinModel(FlowModel):
         self.text_encoder = text_encoder.to(self.device).requires_grad_(False).eval()
         self.scheduler = FlowMatchEulerDiscreteScheduler(shift=shift)
         self.lora_rank = lora_rank
-        self._cache: dict[str, PromptEmbeds] = {}
+        self.prompt_cache = PromptCache(self.text_encoder, storage=self.device)
         self._reference: SD3Transformer2DModel | None = None
         self._use_reference = False
         if lora_rank > 0:
@@ -124,13 +124,7 @@ class BuiltinModel(FlowModel):
         return (self.transformer.config.in_channels, size, size)
 
     def encode_prompts(self, prompts: list[str]) -> PromptEmbeds:
-        missing = [p for p in dict.fromkeys(prompts) if p not in self._cache]
-        if missing:
-            with torch.no_grad():
-                out = self.text_encoder(missing)
-            for i, p in enumerate(missing):
-                self._cache[p] = {k: v[i] for k, v in out.items()}
-        return {k: torch.stack([self._cache[p][k] for p in prompts]) for k in ("tokens", "pooled")}
+        return self.prompt_cache.get(list(prompts), self.device)
 
     def velocity(self, latents, sigma, embeds, guidance_scale: float = 1.0) -> torch.Tensor:
         net = self._reference if self._use_reference and self._reference is not None else self.transformer

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainer.models.base import FlowModel, PromptEmbeds
+from trainer.models.base import FlowModel, PromptCache, PromptEmbeds
 from trainer.models.lora import (
     adapter_disabled,
     add_lora,
@@ -48,33 +48,6 @@ class FrozenCopy:
             self._module.load_state_dict(self._state)
             self._state = {}
         return self._module
-
-
-# --- prompt cache ---
-class PromptCache:
-    """Per-prompt text embeddings, computed once for the run and kept on `storage` (CPU by default).
-
-    SD3's embeddings are ~(333, 4096) per prompt: a few MB each, so thousands of prompts live on the CPU and only
-    the rows of the current batch go to the GPU.
-    """
-
-    def __init__(self, encode: Callable[[list[str]], PromptEmbeds], batch_size: int = 16, storage: str = "cpu"):
-        self._encode = encode
-        self._rows: dict[str, PromptEmbeds] = {}
-        self.batch_size = batch_size
-        self.storage = torch.device(storage)
-
-    def get(self, prompts: list[str], device: torch.device) -> PromptEmbeds:
-        """Embeddings of `prompts` (B rows, in order) on `device`; encodes the prompts not seen before."""
-        new = list(dict.fromkeys(p for p in prompts if p not in self._rows))
-        for start in range(0, len(new), self.batch_size):
-            chunk = new[start : start + self.batch_size]
-            with torch.no_grad():
-                embeds = self._encode(chunk)
-            for i, prompt in enumerate(chunk):
-                self._rows[prompt] = {k: v[i].to(self.storage) for k, v in embeds.items()}
-        keys = self._rows[prompts[0]].keys()
-        return {k: torch.stack([self._rows[p][k] for p in prompts]).to(device) for k in keys}
 
 
 def _place(module: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
