@@ -33,8 +33,8 @@ from trainer.callbacks import NullCallback  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.models import load_model  # noqa: E402
 from trainer.models.flux import FLUX_LORA_TARGETS, load_flux, pack_latents  # noqa: E402
-from trainer.models.lora import add_lora  # noqa: E402
-from trainer.models.sd3 import SD3_LORA_TARGETS, load_sd3  # noqa: E402
+from trainer.models.lora import SD3_LORA_TARGETS, add_lora  # noqa: E402
+from trainer.models.sd3 import load_sd3  # noqa: E402
 from trainer.presets import get_preset  # noqa: E402
 from trainer.train import train  # noqa: E402
 

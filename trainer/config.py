@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trainer.prompts import check_prompt_spec
 from trainer.rewards.registry import available_rewards
@@ -154,21 +154,56 @@ class TrainConfig(BaseModel):
         return self.rollout_batch_size // self.num_minibatches
 
     @property
+    def sde_window_steps(self) -> range:
+        """Step indices the SDE steps are drawn from (spec §1: by default the first half; 'all': every step).
+
+        cps's last step has std 0 (spec §2): it is an ODE step, so it is never a candidate.
+        """
+        last = self.num_steps - 1 if self.sampler == "cps" else self.num_steps
+        if self.sde_steps == "all":
+            return range(last)
+        lo, hi = self.sde_window
+        return range(int(lo * self.num_steps), min(int(hi * self.num_steps + 0.5), last))
+
+    @property
     def num_sde_steps(self) -> int:
-        return self.num_steps if self.sde_steps == "all" else self.sde_steps
+        return len(self.sde_window_steps) if self.sde_steps == "all" else self.sde_steps
+
+    @field_validator("sde_window")
+    @classmethod
+    def _check_window(cls, window: tuple[float, float]) -> tuple[float, float]:
+        if not 0.0 <= window[0] < window[1] <= 1.0:
+            raise ValueError(f"must satisfy 0 <= start < end <= 1, got {window}")
+        return window
+
+    @field_validator("adam_betas")
+    @classmethod
+    def _check_betas(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 < b < 1.0 for b in betas):
+            raise ValueError(f"both betas must lie in (0, 1), got {betas}")
+        return betas
+
+    @field_validator("advantage_clip")
+    @classmethod
+    def _check_advantage_clip(cls, clip: float | str | None) -> float | str | None:
+        if isinstance(clip, float) and clip <= 0:
+            raise ValueError(f"must be > 0, 'auto' or null, got {clip}")
+        return clip
 
     @model_validator(mode="after")
     def _check_consistency(self) -> TrainConfig:
-        lo, hi = self.sde_window
-        if not 0.0 <= lo < hi <= 1.0:
-            raise ValueError(f"sde_window must satisfy 0 <= start < end <= 1, got {self.sde_window}")
         if self.sde_steps != "all":
-            window = _window_size(self.num_steps, self.sde_window)
+            window = len(self.sde_window_steps)
             if not 1 <= self.sde_steps <= window:
                 raise ValueError(
                     f"sde_steps={self.sde_steps} must be between 1 and the {window} steps of sde_window="
                     f"{self.sde_window} at num_steps={self.num_steps}"
+                    + (" (cps's last step is deterministic)" if self.sampler == "cps" else "")
                 )
+        if self.sampler == "cps" and self.noise_level is not None and self.noise_level > 1.0:
+            raise ValueError(
+                f"noise_level={self.noise_level} must be <= 1 for cps (std = sigma_next·sin(a·pi/2) peaks at a = 1)"
+            )
         if self.rollout_batch_size % self.num_minibatches:
             raise ValueError(
                 f"num_minibatches={self.num_minibatches} must divide prompts_per_step*group_size="
@@ -178,8 +213,6 @@ class TrainConfig(BaseModel):
             raise ValueError(
                 f"micro_batch_size={self.micro_batch_size} must divide the minibatch size {self.minibatch_size}"
             )
-        if isinstance(self.advantage_clip, float) and self.advantage_clip <= 0:
-            raise ValueError(f"advantage_clip must be > 0, 'auto' or null, got {self.advantage_clip}")
         if not self.trained_rewards:
             raise ValueError("rewards: at least one reward must have weight > 0")
         names = [r.name for r in self.rewards]
@@ -191,8 +224,6 @@ class TrainConfig(BaseModel):
                 raise ValueError(f"rewards: unknown reward {name!r}; available: {', '.join(known)}")
         if self.model != "builtin" and not self.model_path:
             raise ValueError(f"model_path is required for model={self.model!r} (a local directory with the weights)")
-        if not all(0.0 < b < 1.0 for b in self.adam_betas):
-            raise ValueError(f"adam_betas must lie in (0, 1), got {self.adam_betas}")
         return self
 
     # --- serialisation ---
@@ -232,19 +263,6 @@ class EvalConfig(BaseModel):
     @property
     def prompt_set(self) -> str:
         return self.prompts or self.train.eval_prompts
-
-
-def _window_size(num_steps: int, window: tuple[float, float]) -> int:
-    lo, hi = window
-    return len(range(int(lo * num_steps), int(hi * num_steps + 0.5)))
-
-
-def sde_window_range(config: TrainConfig) -> range:
-    """Step indices the SDE steps are drawn from (spec §1: by default the first half; 'all': every step)."""
-    if config.sde_steps == "all":
-        return range(config.num_steps)
-    lo, hi = config.sde_window
-    return range(int(lo * config.num_steps), int(hi * config.num_steps + 0.5))
 
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:

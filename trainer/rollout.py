@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from trainer.config import TrainConfig, sde_window_range
+from trainer.config import TrainConfig
 from trainer.models import FlowModel, select_embeds
 from trainer.sampling import Trajectory, draw_sde_steps, sample_trajectory
 
@@ -39,7 +39,7 @@ def collect_rollout(
     picks = torch.randint(len(prompt_set), (P,), generator=gen).tolist()
     prompts = [prompt_set[i] for i in picks for _ in range(G)]  # (B,) grouped
     group_ids = torch.arange(P).repeat_interleave(G)  # (B,)
-    sde_steps = draw_sde_steps(sde_window_range(config), config.num_sde_steps, gen)
+    sde_steps = draw_sde_steps(config.sde_window_steps, config.num_sde_steps, gen)
     shape = model.sample_shape
     # Shared initial noise makes the group's spread come from the policy's own stochastic steps (spec §5).
     noise = torch.randn((P if config.shared_initial_noise else P * G, *shape), generator=gen)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from trainer.config import TrainConfig, format_validation_error, parse_overrides, sde_window_range
+from trainer.config import TrainConfig, format_validation_error, parse_overrides
 from trainer.presets import PRESETS, get_preset
 from trainer.rollout import step_generator
 
@@ -34,6 +34,9 @@ def test_spec_defaults():
         ({"rewards": [{"name": "shapes", "weight": -1}]}, "rewards.0.weight"),
         ({"train_prompts": "shapes:bogus"}, "train_prompts"),
         ({"eval_prompts": "prompts.txt"}, "eval_prompts"),
+        ({"sde_window": (0.6, 0.2)}, "sde_window"),
+        ({"adam_betas": (0.9, 1.0)}, "adam_betas"),
+        ({"advantage_clip": -1.0}, "advantage_clip"),
     ],
 )
 def test_bad_values_are_refused_with_the_field_named(overrides, field):
@@ -47,7 +50,8 @@ def test_bad_values_are_refused_with_the_field_named(overrides, field):
     [
         ({"num_minibatches": 3}, "num_minibatches=3"),
         ({"sde_steps": 9}, "sde_steps=9"),
-        ({"sde_window": (0.6, 0.2)}, "sde_window"),
+        ({"sampler": "cps", "sde_window": (0.9, 1.0), "sde_steps": 1}, "cps's last step is deterministic"),
+        ({"sampler": "cps", "noise_level": 1.5}, "noise_level=1.5 must be <= 1 for cps"),
         ({"micro_batch_size": 5}, "micro_batch_size=5"),
         ({"rewards": [{"name": "shapes", "weight": 0}]}, "weight > 0"),
         ({"model": "sd3"}, "model_path is required"),
@@ -81,8 +85,12 @@ def test_presets_differ_only_in_loss_and_sampler():
 
 def test_sde_steps_all_covers_the_whole_schedule():
     config = TrainConfig(sde_steps="all", num_steps=6)
-    assert sde_window_range(config) == range(6) and config.num_sde_steps == 6
-    assert sde_window_range(TrainConfig(num_steps=10)) == range(0, 5)  # default: the first half (spec §1)
+    assert config.sde_window_steps == range(6) and config.num_sde_steps == 6
+    assert TrainConfig(num_steps=10).sde_window_steps == range(0, 5)  # default: the first half (spec §1)
+    # cps's last step has std 0 (spec §2): never drawn, so every drawn step is trained
+    cps = TrainConfig(sampler="cps", sde_steps="all", num_steps=6)
+    assert cps.sde_window_steps == range(5) and cps.num_sde_steps == 5
+    assert TrainConfig(sampler="cps", sde_window=(0.5, 1.0), sde_steps=4).sde_window_steps == range(5, 9)
 
 
 def test_step_streams_never_coincide():

@@ -55,6 +55,17 @@ def test_every_trainable_parameter_changes(tmp_path):
     assert not unchanged, f"parameters not updated: {unchanged[:5]}"
 
 
+def test_lora_initialisation_follows_the_run_seed():
+    # Same seed, same adapter, whatever the process's global RNG did in between; another seed, another adapter.
+    first = load_builtin(tiny_config(lora_rank=4, seed=1)).trainable_state_dict()
+    torch.rand(10)
+    again = load_builtin(tiny_config(lora_rank=4, seed=1)).trainable_state_dict()
+    other = load_builtin(tiny_config(lora_rank=4, seed=2)).trainable_state_dict()
+    lora_a = [n for n in first if "lora_A" in n]
+    assert lora_a and all(torch.equal(first[n], again[n]) for n in first)
+    assert not any(torch.equal(first[n], other[n]) for n in lora_a)
+
+
 @pytest.mark.parametrize("preset", ["shapes-dppo", "shapes-clip", "shapes-cps-dppo"])
 def test_first_step_after_rollout_has_ratio_one_and_kl_zero(tmp_path, preset):
     rec = Recorder()

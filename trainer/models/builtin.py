@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from trainer.models.base import FlowModel, PromptCache, PromptEmbeds
+from trainer.models.lora import SD3_LORA_TARGETS, add_lora
 
 SHIPPED_BASE = "shapes_base.safetensors"  # in trainer/assets/, rebuilt by `flowdppo pretrain-base`
 PAD, UNK = "<pad>", "<unk>"
@@ -87,6 +88,7 @@ class BuiltinModel(FlowModel):
         lora_rank: int = 0,
         lora_alpha: float = 64.0,
         lora_target_modules: list[str] | None = None,
+        lora_seed: int = 0,
     ):
         self.device = torch.device(device)
         self.dtype = torch.float32
@@ -98,22 +100,7 @@ class BuiltinModel(FlowModel):
         self._reference: SD3Transformer2DModel | None = None
         self._use_reference = False
         if lora_rank > 0:
-            from peft import LoraConfig
-
-            targets = lora_target_modules or [
-                "to_q",
-                "to_k",
-                "to_v",
-                "to_out.0",
-                "add_q_proj",
-                "add_k_proj",
-                "add_v_proj",
-                "to_add_out",
-            ]
-            self.transformer.requires_grad_(False)
-            self.transformer.add_adapter(
-                LoraConfig(r=lora_rank, lora_alpha=lora_alpha, target_modules=targets, init_lora_weights="gaussian")
-            )
+            add_lora(self.transformer, lora_rank, lora_alpha, list(lora_target_modules or SD3_LORA_TARGETS), lora_seed)
         else:
             # Full fine-tuning: pi_ref is a frozen copy (0.44M parameters; cheap).
             self._reference = copy.deepcopy(self.transformer).requires_grad_(False).eval()
@@ -242,4 +229,5 @@ def load_builtin(config, device: str | torch.device = "cpu") -> BuiltinModel:
         lora_rank=config.lora_rank,
         lora_alpha=config.lora_alpha,
         lora_target_modules=config.lora_target_modules,
+        lora_seed=config.seed,
     )

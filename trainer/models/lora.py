@@ -81,11 +81,28 @@ def from_pretrained(pipeline_cls: type, model_path: str | None, family: str, exa
 
 
 # --- LoRA ---
-def add_lora(transformer: nn.Module, rank: int, alpha: float, target_modules: list[str]) -> list[nn.Parameter]:
+# The reference target modules of SD3-architecture transformers (the built-in model is one too).
+SD3_LORA_TARGETS = (
+    "attn.to_q",
+    "attn.to_k",
+    "attn.to_v",
+    "attn.to_out.0",
+    "attn.add_q_proj",
+    "attn.add_k_proj",
+    "attn.add_v_proj",
+    "attn.to_add_out",
+)
+
+
+def add_lora(
+    transformer: nn.Module, rank: int, alpha: float, target_modules: list[str], seed: int = 0
+) -> list[nn.Parameter]:
     """Inject a peft LoRA adapter ("default") into a diffusers transformer; returns its parameters in float32.
 
     The adapter weights stay float32 even when the base runs in bf16/fp16 (diffusers' `cast_training_params`):
     AdamW updates of ~1e-6 relative size vanish in bf16. peft casts the activations into the adapter's dtype.
+    lora_A's Gaussian init is drawn from `seed` (peft draws it on the CPU before moving it to the base layer's
+    device), without touching the process's global RNG: same seed, same run.
     """
     from peft import LoraConfig
 
@@ -98,7 +115,9 @@ def add_lora(transformer: nn.Module, rank: int, alpha: float, target_modules: li
         )
     config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=list(target_modules))
     transformer.requires_grad_(False)
-    transformer.add_adapter(config)  # diffusers' PeftAdapterMixin: the layout `load_lora_weights` reads back
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        transformer.add_adapter(config)  # diffusers' PeftAdapterMixin: the layout `load_lora_weights` reads back
     params = [p for n, p in transformer.named_parameters() if "lora_" in n]
     for p in params:
         p.data = p.data.float()

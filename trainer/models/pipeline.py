@@ -84,6 +84,7 @@ class DiffusersFlowModel(FlowModel):
         resolution: image side in pixels.
         lora_rank, lora_alpha, lora_target_modules: LoRA layout; rank 0 = full fine-tuning, targets None = family
             default.
+        lora_seed: seeds the adapter's initialisation (the run's seed).
         gradient_checkpointing: recompute transformer blocks in backward (memory for compute).
         text_encoders: "device" (resident), "offload" (kept on the CPU, moved to `device` only while new prompts
             are encoded) or "cpu" (encode on the CPU); None = `default_text_encoder_placement(device)`.
@@ -104,6 +105,7 @@ class DiffusersFlowModel(FlowModel):
         lora_rank: int = 0,
         lora_alpha: float = 64.0,
         lora_target_modules: list[str] | None = None,
+        lora_seed: int = 0,
         gradient_checkpointing: bool = False,
         text_encoders: str | None = None,
         max_sequence_length: int = 256,
@@ -141,7 +143,7 @@ class DiffusersFlowModel(FlowModel):
 
         if lora_rank > 0:
             targets = list(lora_target_modules or self.default_lora_targets)
-            self._trainable = add_lora(self.transformer, lora_rank, lora_alpha, targets)
+            self._trainable = add_lora(self.transformer, lora_rank, lora_alpha, targets, lora_seed)
             self._frozen_copy = None
         else:
             self.transformer.requires_grad_(True)
@@ -166,6 +168,7 @@ class DiffusersFlowModel(FlowModel):
             lora_rank=config.lora_rank,
             lora_alpha=config.lora_alpha,
             lora_target_modules=config.lora_target_modules,
+            lora_seed=config.seed,
             gradient_checkpointing=config.gradient_checkpointing,
             **kwargs,
         )

@@ -9,23 +9,12 @@ from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
 from torch import nn
 
 from trainer.models.base import PromptEmbeds
-from trainer.models.lora import compute_dtype, from_pretrained
+from trainer.models.lora import SD3_LORA_TARGETS, compute_dtype, from_pretrained
 from trainer.models.pipeline import DiffusersFlowModel
+
 
 # Flow-GRPO's SD3.5 LoRA layout (spec §6: r=32, alpha=64): the joint attention of every MMDiT block, image and
 # text streams. SD3.5-M's extra self-attention (`attn2`) and the MLPs stay frozen, as in the reference.
-SD3_LORA_TARGETS = (
-    "attn.to_q",
-    "attn.to_k",
-    "attn.to_v",
-    "attn.to_out.0",
-    "attn.add_q_proj",
-    "attn.add_k_proj",
-    "attn.add_v_proj",
-    "attn.to_add_out",
-)
-
-
 class SD3Model(DiffusersFlowModel):
     """SD3/SD3.5: 16-channel latents at 1/8 resolution, CLIP-L + CLIP-G + T5-XXL prompts, MMDiT transformer.
 
