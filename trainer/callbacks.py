@@ -55,9 +55,16 @@ class JsonlCallback(NullCallback):
     def __init__(self, out_dir: Path):
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._started = False
 
     def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
-        with open(self.out_dir / "metrics.jsonl", "a") as f:
+        path = self.out_dir / "metrics.jsonl"
+        if not self._started and path.is_file():
+            # A resumed run replays the steps after its last checkpoint: drop the lines it is about to rewrite.
+            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] < step]
+            path.write_text("".join(line + "\n" for line in kept))
+        self._started = True
+        with open(path, "a") as f:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
 
     def on_samples(self, step: int, samples: list[Sample]) -> None:

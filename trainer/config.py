@@ -10,7 +10,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trainer.prompts import check_prompt_spec
-from trainer.rewards.registry import available_rewards
+from trainer.rewards.registry import check_reward_options
 
 LossName = Literal["dppo", "clip", "none"]
 SamplerName = Literal["flow_sde", "cps"]
@@ -20,6 +20,10 @@ ModelFamily = Literal["builtin", "sd3", "flux"]
 # Spec §2/§6: the noise level defaults depend on the sampler; spec §4: the advantage clip depends on the loss.
 DEFAULT_NOISE_LEVEL = {"flow_sde": 0.7, "cps": 0.8}
 DEFAULT_ADVANTAGE_CLIP = {"dppo": None, "clip": 5.0, "none": None}
+# Real-models issue: LoRA r=32 for SD3-class models (spec §6), 64 for FLUX; the 0.44M-parameter builtin trains fully.
+DEFAULT_LORA_RANK = {"builtin": 0, "sd3": 32, "flux": 64}
+# CFG at evaluation: the builtin is trained without it; SD3.5's and FLUX.1-dev's usual sampling scales.
+DEFAULT_EVAL_GUIDANCE = {"builtin": 1.0, "sd3": 4.5, "flux": 3.5}
 
 
 class RewardSpec(BaseModel):
@@ -33,6 +37,11 @@ class RewardSpec(BaseModel):
         default_factory=dict,
         description="Reward-specific options, e.g. {'path': '/models/pickscore'} or {'url': ...}.",
     )
+
+    @model_validator(mode="after")
+    def _check_name_and_options(self) -> RewardSpec:
+        check_reward_options(self.name, self.options)  # paths are checked where the reward is built
+        return self
 
 
 class TrainConfig(BaseModel):
@@ -50,8 +59,10 @@ class TrainConfig(BaseModel):
         None, description="Local directory (or hub id when online) of the base model; builtin: None = shipped base."
     )
     resolution: int = Field(32, ge=16, le=2048, description="Image side in pixels (builtin: 32).")
-    lora_rank: int = Field(0, ge=0, le=1024, description="LoRA rank; 0 = full fine-tuning (spec §6: 32 for SD3).")
-    lora_alpha: float = Field(64.0, gt=0, description="LoRA alpha (spec §6: 64 for SD3-class models).")
+    lora_rank: int | None = Field(
+        None, ge=0, le=1024, description="LoRA rank; 0 = full fine-tuning; None = builtin 0, SD3 32 (spec §6), FLUX 64"
+    )
+    lora_alpha: float | None = Field(None, gt=0, description="LoRA alpha; None = 2 x rank (spec §6: 64 for SD3).")
     lora_target_modules: list[str] | None = Field(None, description="LoRA target modules; None = the family default.")
     mixed_precision: Literal["no", "fp16", "bf16"] = Field(
         "no", description="Model weights/activations dtype; transition math stays float32 (spec §2)."
@@ -120,7 +131,9 @@ class TrainConfig(BaseModel):
         36, ge=1, le=10_000, description="Held-out images per evaluation: the prompt set cycled, seed = index."
     )
     eval_num_steps: int = Field(40, ge=2, le=1000, description="ODE steps at evaluation (spec §6: 40).")
-    eval_guidance_scale: float = Field(1.0, ge=1.0, le=30.0, description="CFG at evaluation (SD3.5: 4.5).")
+    eval_guidance_scale: float | None = Field(
+        None, ge=1.0, le=30.0, description="CFG at evaluation; None = builtin 1.0, SD3.5 4.5, FLUX 3.5."
+    )
     sample_every: int = Field(10, ge=0, description="Log sample images every N steps (0 = never).")
     num_logged_samples: int = Field(8, ge=0, le=256, description="Images logged each time (fixed prompts and seeds).")
     checkpoint_every: int = Field(10, ge=0, description="Write a resumable checkpoint every N steps (0 = end only).")
@@ -134,6 +147,20 @@ class TrainConfig(BaseModel):
         if self.advantage_clip == "auto":
             return DEFAULT_ADVANTAGE_CLIP[self.loss]
         return self.advantage_clip
+
+    @property
+    def effective_lora_rank(self) -> int:
+        return self.lora_rank if self.lora_rank is not None else DEFAULT_LORA_RANK[self.model]
+
+    @property
+    def effective_lora_alpha(self) -> float:
+        return self.lora_alpha if self.lora_alpha is not None else 2.0 * self.effective_lora_rank
+
+    @property
+    def effective_eval_guidance_scale(self) -> float:
+        if self.eval_guidance_scale is not None:
+            return self.eval_guidance_scale
+        return DEFAULT_EVAL_GUIDANCE[self.model]
 
     @property
     def trained_rewards(self) -> list[RewardSpec]:
@@ -218,10 +245,6 @@ class TrainConfig(BaseModel):
         names = [r.name for r in self.rewards]
         if len(set(names)) != len(names):
             raise ValueError(f"rewards: each reward name may appear once, got {names}")
-        known = available_rewards()
-        for name in names:
-            if name not in known:
-                raise ValueError(f"rewards: unknown reward {name!r}; available: {', '.join(known)}")
         if self.model != "builtin" and not self.model_path:
             raise ValueError(f"model_path is required for model={self.model!r} (a local directory with the weights)")
         return self
@@ -256,13 +279,19 @@ class EvalConfig(BaseModel):
     samples_per_prompt: int = Field(1, ge=1, le=64, description="Seeds per prompt: seed, seed+1, ...")
     seed: int = Field(0, ge=0, description="First seed of the fixed evaluation noise.")
     num_steps: int = Field(40, ge=2, le=1000, description="ODE steps (spec §6: 40).")
-    guidance_scale: float = Field(1.0, ge=1.0, le=30.0, description="CFG scale (SD3.5: 4.5).")
+    guidance_scale: float | None = Field(
+        None, ge=1.0, le=30.0, description="CFG scale; None = the run's eval_guidance_scale (SD3.5: 4.5)."
+    )
     batch_size: int = Field(32, ge=1, le=1024, description="Images per forward pass.")
     use_ema: bool = Field(True, description="Use the EMA weights when the checkpoint has them.")
 
     @property
     def prompt_set(self) -> str:
         return self.prompts or self.train.eval_prompts
+
+    @property
+    def effective_guidance_scale(self) -> float:
+        return self.guidance_scale if self.guidance_scale is not None else self.train.effective_eval_guidance_scale
 
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:

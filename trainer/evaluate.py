@@ -85,15 +85,20 @@ def _to_samples(prompts, seeds, images, table, offset: int = 0) -> list[Sample]:
     ]
 
 
+def build_rewards(config: TrainConfig, device: str | torch.device) -> dict[str, RewardFn]:
+    """Every reward of the run, monitors (weight 0) included: name -> callable."""
+    return {spec.name: build_reward(spec.name, spec.options, device) for spec in config.rewards}
+
+
 def evaluation_metrics(model, config: TrainConfig, prompts: list[str], rewards, ema=None) -> dict[str, float]:
     """Held-out rewards of the current (or EMA) weights: eval/reward/<name>/mean and eval/reward/total/mean.
 
     The prompt set is cycled to config.eval_num_samples images (seed = image index), the same for every run.
     """
     prompts = [prompts[i % len(prompts)] for i in range(config.eval_num_samples)]
-    seeds = list(range(len(prompts)))
+    seeds, guidance = list(range(len(prompts))), config.effective_eval_guidance_scale
     with swapped_weights(model, ema):
-        images = generate(model, prompts, seeds, config.eval_num_steps, config.eval_guidance_scale, EVAL_BATCH)
+        images = generate(model, prompts, seeds, config.eval_num_steps, guidance, EVAL_BATCH)
     table = score_images(rewards, images, prompts)
     metrics = {f"eval/reward/{name}/mean": v.mean().item() for name, v in table.items()}
     metrics["eval/reward/total/mean"] = _weighted_total(config, table).mean().item()
@@ -103,9 +108,9 @@ def evaluation_metrics(model, config: TrainConfig, prompts: list[str], rewards, 
 def logged_samples(model, config: TrainConfig, prompts: list[str], rewards, ema=None) -> list[Sample]:
     """The run's fixed sample set: the first num_logged_samples held-out prompts, seed = index (same across runs)."""
     chosen = prompts[: config.num_logged_samples]
-    seeds = list(range(len(chosen)))
+    seeds, guidance = list(range(len(chosen))), config.effective_eval_guidance_scale
     with swapped_weights(model, ema):
-        images = generate(model, chosen, seeds, config.eval_num_steps, config.eval_guidance_scale, EVAL_BATCH)
+        images = generate(model, chosen, seeds, config.eval_num_steps, guidance, EVAL_BATCH)
     return _to_samples(chosen, seeds, images, score_images(rewards, images, chosen))
 
 
@@ -129,7 +134,7 @@ def evaluate(
     if checkpoint is not None:
         model.load_trainable_state_dict(load_weights(checkpoint, config.use_ema, model.device))
         step = int(Path(checkpoint).name.split("_")[-1]) if Path(checkpoint).name.startswith("step_") else 0
-    rewards = {spec.name: build_reward(spec.name, spec.options, model.device) for spec in train_config.rewards}
+    rewards = build_rewards(train_config, model.device)
     base_prompts = load_prompts(config.prompt_set)[: config.num_prompts]
     prompts = [p for p in base_prompts for _ in range(config.samples_per_prompt)]
     seeds = [config.seed + j for _ in base_prompts for j in range(config.samples_per_prompt)]
@@ -140,7 +145,7 @@ def evaluate(
             break
         batch_prompts, batch_seeds = prompts[lo : lo + config.batch_size], seeds[lo : lo + config.batch_size]
         images = generate(
-            model, batch_prompts, batch_seeds, config.num_steps, config.guidance_scale, config.batch_size
+            model, batch_prompts, batch_seeds, config.num_steps, config.effective_guidance_scale, config.batch_size
         )
         table = score_images(rewards, images, batch_prompts)
         table["total"] = _weighted_total(train_config, table)

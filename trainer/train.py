@@ -14,11 +14,11 @@ from trainer.callbacks import Callback, NullCallback
 from trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from trainer.config import TrainConfig
 from trainer.divergence import gaussian_kl
-from trainer.evaluate import evaluation_metrics, logged_samples, score_images
+from trainer.evaluate import build_rewards, evaluation_metrics, logged_samples, score_images
 from trainer.losses import LOSSES
 from trainer.models import FlowModel, load_model, select_embeds
 from trainer.prompts import load_prompts
-from trainer.rewards import RewardFn, build_reward
+from trainer.rewards import RewardFn
 from trainer.rollout import Rollout, collect_rollout, step_generator
 from trainer.sampling import gaussian_log_prob, transition
 
@@ -33,10 +33,6 @@ class RunResult:
     stopped: bool  # True when should_stop() ended the run early
     final_metrics: dict[str, float]
     out_dir: Path
-
-
-def build_rewards(config: TrainConfig, device: str | torch.device) -> dict[str, RewardFn]:
-    return {spec.name: build_reward(spec.name, spec.options, device) for spec in config.rewards}
 
 
 def train(

@@ -4,7 +4,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from trainer.config import TrainConfig, format_validation_error, parse_overrides
+from trainer.config import EvalConfig, TrainConfig, format_validation_error, parse_overrides
 from trainer.presets import PRESETS, get_preset
 from trainer.rollout import step_generator
 
@@ -81,6 +81,18 @@ def test_presets_differ_only_in_loss_and_sampler():
         assert {k for k in base if base[k] != other[k]} <= {"loss", "sampler"}
     with pytest.raises(ValueError, match="known presets"):
         get_preset("nope")
+
+
+def test_family_defaults_for_lora_and_evaluation_guidance():
+    builtin, sd3 = TrainConfig(), TrainConfig(model="sd3", model_path="/models/sd35m")
+    flux = TrainConfig(model="flux", model_path="/models/flux")
+    assert (builtin.effective_lora_rank, builtin.effective_eval_guidance_scale) == (0, 1.0)
+    assert (sd3.effective_lora_rank, sd3.effective_lora_alpha, sd3.effective_eval_guidance_scale) == (32, 64.0, 4.5)
+    assert (flux.effective_lora_rank, flux.effective_lora_alpha, flux.effective_eval_guidance_scale) == (64, 128, 3.5)
+    explicit = TrainConfig(model="sd3", model_path="/m", lora_rank=8, eval_guidance_scale=7.0)
+    assert (explicit.effective_lora_rank, explicit.effective_lora_alpha) == (8, 16.0)
+    assert EvalConfig(train=explicit).effective_guidance_scale == 7.0
+    assert EvalConfig(train=explicit, guidance_scale=2.0).effective_guidance_scale == 2.0
 
 
 def test_sde_steps_all_covers_the_whole_schedule():

@@ -189,7 +189,9 @@ TRAIN = dict(
 )  # fmt: skip
 
 
-@pytest.mark.parametrize(("family", "loss"), [("sd3", "dppo"), ("sd3", "clip"), ("flux", "dppo")])
+@pytest.mark.parametrize(
+    ("family", "loss"), [("sd3", "dppo"), ("sd3", "clip"), ("flux", "dppo"), ("flux", "clip")]
+)
 def test_one_lora_training_step_then_save_and_reload(tmp_path, family, loss):
     from trainer.train import train  # imported here: the rest of the file needs only the adapters
 
@@ -201,7 +203,7 @@ def test_one_lora_training_step_then_save_and_reload(tmp_path, family, loss):
     train(config, rec, out_dir=tmp_path / "run", model=model, rewards={"shapes": brightness})
 
     # First optimizer step after a rollout: the policy is pi_old, so r = 1 and D = 0 (spec §4 self-test).
-    assert rec.metrics[1]["selftest/ratio_dev"] < 1e-5
+    assert rec.metrics[1]["selftest/ratio_dev"] < 1e-5 and rec.metrics[1]["selftest/kl_dev"] < 1e-6
     after = model.trainable_state_dict()
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert changed, "no LoRA weight changed"

@@ -1,6 +1,7 @@
 """Training-loop invariants (TRL style): equivalent set-ups give the same per-step trajectory."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -75,16 +76,24 @@ def test_first_step_after_rollout_has_ratio_one_and_kl_zero(tmp_path, preset):
         assert rec.metrics[step]["selftest/kl_dev"] < 1e-6
 
 
-def test_reports_every_spec_metric(tmp_path):
-    rec = Recorder()
-    train(tiny_config(steps=1, rewards=[{"name": "shapes"}, {"name": "jpeg_compressibility", "weight": 0}]),
-          rec, out_dir=tmp_path)
-    keys = set(rec.metrics[1])
+@pytest.mark.parametrize(("loss", "share"), [("dppo", "mask/fraction"), ("clip", "clip/fraction")])
+def test_reports_every_spec_metric(tmp_path, loss, share):
+    seen = {}
+
+    class Raw(NullCallback):  # every key as reported, timings included
+        def on_metrics(self, step, metrics):
+            seen[step] = metrics
+
+    rewards = [{"name": "shapes"}, {"name": "jpeg_compressibility", "weight": 0}]
+    train(tiny_config(steps=1, loss=loss, rewards=rewards), Raw(), out_dir=tmp_path)
     expected = {"reward/shapes/mean", "reward/shapes/std", "reward/jpeg_compressibility/mean", "reward/total/mean",
                 "adv/abs_mean", "zero_std_fraction", "ratio/mean", "ratio/min", "ratio/max", "approx_kl",
-                "kl_old/mean", "kl_old/max", "kl_ref/mean", "mask/fraction", "mask/pos_fraction",
-                "mask/neg_fraction", "loss/policy", "loss/total", "grad_norm", "lr", "selftest/ratio_dev"}
-    assert expected <= keys, expected - keys
+                "kl_old/mean", "kl_old/max", "kl_ref/mean", share, "loss/policy", "loss/total", "grad_norm", "lr",
+                "selftest/ratio_dev", "selftest/kl_dev", "time/rollout_s", "time/reward_s", "time/train_s",
+                "throughput/images_per_s"}  # fmt: skip
+    if loss == "dppo":
+        expected |= {"mask/pos_fraction", "mask/neg_fraction"}
+    assert expected <= set(seen[1]), expected - set(seen[1])
 
 
 def test_same_seed_same_run_and_resume_equals_uninterrupted(tmp_path):
@@ -156,6 +165,15 @@ def test_jsonl_callback_and_samples(tmp_path):
     assert [s["seed"] for s in index] == [0, 1, 2] and "shapes" in index[0]["rewards"]
     train(config, rec, out_dir=tmp_path / "again")
     assert rec.samples[1][0].image.shape == (32, 32, 3) and rec.samples[1][0].image.dtype.name == "uint8"
+
+
+def test_jsonl_has_each_step_once_after_a_crash_between_checkpoints(tmp_path):
+    config = tiny_config(steps=3, checkpoint_every=2)
+    train(config, JsonlCallback(tmp_path), out_dir=tmp_path)
+    shutil.rmtree(tmp_path / "checkpoints" / "step_000003")  # the crash came after step 3's metrics, before its save
+    train(config, JsonlCallback(tmp_path), out_dir=tmp_path)  # resumes at step 2 and replays step 3
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
 
 
 @pytest.mark.slow

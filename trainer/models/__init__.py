@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from trainer.config import TrainConfig
-from trainer.models.base import FlowModel, PromptEmbeds, cat_embeds, select_embeds
+from trainer.models.base import FlowModel, PromptEmbeds, select_embeds
 
 
 def load_model(config: TrainConfig, device: str | torch.device = "cpu") -> FlowModel:
@@ -25,4 +25,4 @@ def load_model(config: TrainConfig, device: str | torch.device = "cpu") -> FlowM
     raise ValueError(f"model must be 'builtin', 'sd3' or 'flux', got {config.model!r}")
 
 
-__all__ = ["FlowModel", "PromptEmbeds", "cat_embeds", "load_model", "select_embeds"]
+__all__ = ["FlowModel", "PromptEmbeds", "load_model", "select_embeds"]

@@ -21,10 +21,6 @@ def select_embeds(embeds: PromptEmbeds, index: torch.Tensor | slice) -> PromptEm
     return {k: v[index] for k, v in embeds.items()}
 
 
-def cat_embeds(parts: list[PromptEmbeds]) -> PromptEmbeds:
-    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-
-
 class PromptCache:
     """Per-prompt text embeddings, computed once for the run and kept on `storage` (CPU by default).
 

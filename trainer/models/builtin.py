@@ -226,8 +226,8 @@ def load_builtin(config, device: str | torch.device = "cpu") -> BuiltinModel:
         text_encoder,
         device=device,
         shift=config.shift,
-        lora_rank=config.lora_rank,
-        lora_alpha=config.lora_alpha,
+        lora_rank=config.effective_lora_rank,
+        lora_alpha=config.effective_lora_alpha,
         lora_target_modules=config.lora_target_modules,
         lora_seed=config.seed,
     )

@@ -24,15 +24,9 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 _COMMON_OPTIONS = {"path", "processor_path", "batch_size", "dtype"}
 
 
-def _check_options(reward: str, options: dict[str, Any], allowed: set[str], example: str) -> None:
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise ValueError(f"reward {reward!r}: unknown options {unknown}; allowed: {sorted(allowed)}")
-    path = options.get("path")
-    if not path:
-        raise ValueError(
-            f"reward {reward!r} needs options {{'path': '/models/...'}}: a local directory with {example}"
-        )
+def _check_options(reward: str, options: dict[str, Any], example: str) -> None:
+    """The values the registry cannot check by name: the weights directory exists here, the dtype is known."""
+    path = options["path"]
     if not Path(path).expanduser().is_dir():
         raise FileNotFoundError(
             f"reward {reward!r}: weights directory {path!r} does not exist. Download {example} on a machine with "
@@ -238,30 +232,28 @@ def _backbone(device: torch.device, options: dict[str, Any]) -> ClipBackbone:
     )
 
 
-@register_reward("clip_score")
+@register_reward("clip_score", options=_COMMON_OPTIONS, required=["path"])
 def clip_score(device: torch.device, **options: Any) -> RewardFn:
     """Cosine similarity of CLIP image and prompt embeddings, in [-1, 1] (not x100, not clipped at 0).
 
     Options: path (CLIPModel directory, e.g. openai/clip-vit-large-patch14), processor_path, batch_size, dtype.
     """
-    _check_options(
-        "clip_score", options, _COMMON_OPTIONS, "a transformers CLIPModel (e.g. openai/clip-vit-large-patch14)"
-    )
+    _check_options("clip_score", options, "a transformers CLIPModel (e.g. openai/clip-vit-large-patch14)")
     return ClipSimilarity(_backbone(device, options), use_logit_scale=False)
 
 
-@register_reward("pickscore")
+@register_reward("pickscore", options=_COMMON_OPTIONS, required=["path"])
 def pickscore(device: torch.device, **options: Any) -> RewardFn:
     """PickScore: exp(logit_scale) · cos(image, prompt) with the PickScore_v1 CLIP-H (about 18-23 on real images).
 
     Options: path (yuvalkirstain/PickScore_v1), processor_path (laion/CLIP-ViT-H-14-laion2B-s32B-b79K: tokenizer and
     preprocessor; default: path), batch_size, dtype.
     """
-    _check_options("pickscore", options, _COMMON_OPTIONS, "yuvalkirstain/PickScore_v1 (CLIP-H)")
+    _check_options("pickscore", options, "yuvalkirstain/PickScore_v1 (CLIP-H)")
     return ClipSimilarity(_backbone(device, options), use_logit_scale=True)
 
 
-@register_reward("hpsv2")
+@register_reward("hpsv2", options=_COMMON_OPTIONS, required=["path"])
 def hpsv2(device: torch.device, **options: Any) -> RewardFn:
     """HPSv2: cos(image, prompt) with the HPSv2 CLIP-H, as hpsv2.score does (about 0.25-0.30 on real images).
 
@@ -276,19 +268,17 @@ def hpsv2(device: torch.device, **options: Any) -> RewardFn:
             f"reward 'hpsv2': {path!r} is a file (the open_clip checkpoint?); convert it to a transformers CLIPModel "
             f"directory (ViT-H-14 layout) and pass that directory as options {{'path': ...}}"
         )
-    _check_options("hpsv2", options, _COMMON_OPTIONS, "HPSv2 weights in the transformers CLIPModel layout")
+    _check_options("hpsv2", options, "HPSv2 weights in the transformers CLIPModel layout")
     return ClipSimilarity(_backbone(device, options), use_logit_scale=False)
 
 
-@register_reward("aesthetic")
+@register_reward("aesthetic", options=_COMMON_OPTIONS, required=["path", "head_path"])
 def aesthetic(device: torch.device, **options: Any) -> RewardFn:
     """LAION aesthetic predictor v2: MLP head on the normalised CLIP ViT-L/14 image embedding (about 1-10).
 
     Options: path (openai/clip-vit-large-patch14 directory), head_path (sac+logos+ava1-l14-linearMSE.pth or a
     .safetensors of the same state dict), processor_path, batch_size, dtype.
     """
-    _check_options("aesthetic", options, _COMMON_OPTIONS | {"head_path"}, "openai/clip-vit-large-patch14")
-    if not options.get("head_path"):
-        raise ValueError("reward 'aesthetic' needs options {'head_path': '/models/sac+logos+ava1-l14-linearMSE.pth'}")
+    _check_options("aesthetic", options, "openai/clip-vit-large-patch14")
     head = load_aesthetic_head(options["head_path"])
     return AestheticScore(_backbone(device, options), head)

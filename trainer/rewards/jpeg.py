@@ -41,17 +41,14 @@ def jpeg_sizes_kb(images: torch.Tensor, quality: int = _DEFAULT_QUALITY) -> torc
 
 
 def _quality(name: str, options: dict) -> int:
-    """Validate the options of reward `name`: only `quality` (int 1-95) is allowed."""
-    unknown = sorted(set(options) - {"quality"})
-    if unknown:
-        raise ValueError(f"reward {name!r} got unknown option(s) {', '.join(unknown)}; allowed: quality")
+    """The `quality` option of reward `name` (an int in 1-95)."""
     quality = options.get("quality", _DEFAULT_QUALITY)
     if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= _MAX_QUALITY:
         raise ValueError(f"reward {name!r} option quality={quality!r} must be an int in [1, {_MAX_QUALITY}]")
     return quality
 
 
-@register_reward("jpeg_compressibility")
+@register_reward("jpeg_compressibility", options=["quality"])
 def jpeg_compressibility(device: torch.device, **options) -> RewardFn:
     """Reward = -(JPEG size in kB): RL pushes towards flat, easily compressed images."""
     quality = _quality("jpeg_compressibility", options)
@@ -62,7 +59,7 @@ def jpeg_compressibility(device: torch.device, **options) -> RewardFn:
     return reward
 
 
-@register_reward("jpeg_incompressibility")
+@register_reward("jpeg_incompressibility", options=["quality"])
 def jpeg_incompressibility(device: torch.device, **options) -> RewardFn:
     """Reward = JPEG size in kB: RL pushes towards busy, detailed images."""
     quality = _quality("jpeg_incompressibility", options)

@@ -165,13 +165,8 @@ def _parse_scores(scores: Any, expected: int, url: str) -> torch.Tensor:
     return torch.tensor(scores, dtype=torch.float32)
 
 
-@register_reward("remote")
+@register_reward("remote", options=_OPTIONS, required=["url"])
 def remote(device: torch.device, **options: Any) -> RewardFn:
     """The "remote" reward: options url (required), format, timeout, retries, backoff, headers, score_key,
     jpeg_quality, batch_size (see RemoteReward). `device` is unused: images are encoded on the CPU."""
-    unknown = sorted(set(options) - _OPTIONS)
-    if unknown:
-        raise ValueError(f"reward 'remote': unknown options {unknown}; allowed: {sorted(_OPTIONS)}")
-    if not options.get("url"):
-        raise ValueError("reward 'remote' needs options {'url': 'http://host:port/score'}")
     return RemoteReward(**options)

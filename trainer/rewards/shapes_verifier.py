@@ -156,18 +156,11 @@ def score_attributes(images: torch.Tensor, prompts: list[str]) -> dict[str, torc
     return {"color": color * gate, "shape": shape * gate, "position": position * gate, "gate": gate}
 
 
-def _check_no_options(name: str, options: dict) -> None:
-    if options:
-        raise ValueError(f"reward {name!r} takes no options; got unknown option(s): {', '.join(sorted(options))}")
-
-
 def _make_reward(name: str, keys: tuple[str, ...]) -> None:
     """Register reward `name` as the mean of the sub-scores `keys`, returned as (B,) float32 on CPU."""
 
     @register_reward(name)
-    def factory(device: torch.device, **options) -> RewardFn:
-        _check_no_options(name, options)
-
+    def factory(device: torch.device) -> RewardFn:
         def reward(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
             scores = score_attributes(images.to(device), prompts)
             return torch.stack([scores[k] for k in keys]).mean(0).float().cpu()  # (B,)
