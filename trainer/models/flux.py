@@ -14,20 +14,12 @@ from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from torch import nn
 
 from trainer.models.base import PromptEmbeds
-from trainer.models.lora import compute_dtype, from_pretrained
+from trainer.models.lora import SD3_LORA_TARGETS, compute_dtype, from_pretrained
 from trainer.models.pipeline import DiffusersFlowModel
 
 # diffusers' examples/dreambooth/train_dreambooth_lora_flux.py default layout: attention of the double-stream
-# blocks (image and text), the single-stream blocks' attention (same `attn.to_*` names) and both MLPs.
-FLUX_LORA_TARGETS = (
-    "attn.to_q",
-    "attn.to_k",
-    "attn.to_v",
-    "attn.to_out.0",
-    "attn.add_q_proj",
-    "attn.add_k_proj",
-    "attn.add_v_proj",
-    "attn.to_add_out",
+# blocks (image and text, SD3's names), the single-stream blocks' attention (same `attn.to_*` names) and both MLPs.
+FLUX_LORA_TARGETS = SD3_LORA_TARGETS + (
     "ff.net.0.proj",
     "ff.net.2",
     "ff_context.net.0.proj",
