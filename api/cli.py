@@ -1,4 +1,4 @@
-"""`flowdppo api|token|up|submit|runs|watch|cancel|compare`: the server, embedded mode, and a REST client CLI.
+"""`flowdppo api|token|up|submit|runs|watch|cancel|compare`: the server, tokens, embedded mode, a REST client CLI.
 
 Client commands take --url/--token or env FLOWDPPO_URL / FLOWDPPO_TOKEN. Heavy imports happen inside handlers.
 """
@@ -34,6 +34,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     create.add_argument("--team", required=True)
     create.add_argument("--admin", action="store_true", help="May create teams through the API.")
     create.set_defaults(handler=_token_create)
+    listing = token_sub.add_parser("list", help="A team's tokens (prefix, role, dates; never the secret).")
+    listing.add_argument("--team", required=True)
+    listing.set_defaults(handler=_token_list)
+    revoke = token_sub.add_parser("revoke", help="Revoke a token by id (see `token list`); refused from then on.")
+    revoke.add_argument("token_id", type=int, metavar="ID")
+    revoke.set_defaults(handler=_token_revoke)
 
     p = subparsers.add_parser("up", help="Embedded mode: API + dashboard + one worker on this machine (SQLite).")
     p.add_argument("--host", default=None, help="Default: API_HOST (127.0.0.1).")
@@ -125,6 +131,49 @@ def _token_create(args: argparse.Namespace) -> int:
     )
     print(created.token)
     return 0
+
+
+def _token_list(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from api.services import teams
+    from api.services.errors import NotFoundError
+    from api.settings import Settings
+    from store.session import make_sessionmaker
+
+    factory = make_sessionmaker(Settings().DATABASE_URL)
+    try:
+        with factory() as session:
+            tokens = teams.list_tokens(session, team_name=args.team)
+    except NotFoundError as err:
+        return _fail(err)
+    table = Table("id", "prefix", "role", "created", "revoked")
+    for t in tokens:
+        revoked = f"{t.revoked_at:%Y-%m-%d %H:%M}" if t.revoked_at else ""
+        table.add_row(str(t.id), t.prefix, _role(t.is_admin), f"{t.created_at:%Y-%m-%d %H:%M}", revoked)
+    Console().print(table)
+    return 0
+
+
+def _token_revoke(args: argparse.Namespace) -> int:
+    from api.services import teams
+    from api.services.errors import NotFoundError
+    from api.settings import Settings
+    from store.session import make_sessionmaker
+
+    factory = make_sessionmaker(Settings().DATABASE_URL)
+    try:
+        with factory() as session:
+            token = teams.revoke_token(session, token_id=args.token_id)
+    except NotFoundError as err:
+        return _fail(err)
+    print(f"token {token.id} ({token.prefix}, {_role(token.is_admin)}) revoked at {token.revoked_at:%Y-%m-%d %H:%M}")
+    return 0
+
+
+def _role(is_admin: bool) -> str:
+    return "admin" if is_admin else "member"
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -223,7 +272,8 @@ def _watch(args: argparse.Namespace) -> int:
                 if event.event == "metrics":
                     reward = event.data["values"].get("reward/total/mean")
                     fields = {"reward": f"{reward:.4f}"} if reward is not None else {}
-                    progress.update(task, completed=min(event.data["step"] + 1, run.total_steps or 1 << 30), **fields)
+                    # step s is the s-th finished training step (0: the base model's evaluation)
+                    progress.update(task, completed=min(event.data["step"], run.total_steps or 1 << 30), **fields)
                 elif event.event == "status":
                     status = event.data["status"] + (" (cancelling)" if event.data["cancel_requested"] else "")
                     progress.update(task, status=status, completed=event.data["step"])

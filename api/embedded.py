@@ -46,7 +46,9 @@ def submit_demo(services: Services, *, team_id: int) -> list[int]:
     """The shapes clip-vs-dppo comparison (same config and seeds but the loss); returns the run ids."""
     body = ComparisonCreate(name="demo: clip vs dppo", preset="shapes-dppo", variants=comparison_service.CLIP_VS_DPPO)
     with services.session() as session:
-        comparison = comparison_service.create_comparison(session, queue=services.queue, team_id=team_id, body=body)
+        comparison = comparison_service.create_comparison(
+            session, queue=services.queue, input_roots=services.settings.INPUT_ROOTS, team_id=team_id, body=body
+        )
     return [run.id for run in comparison.runs]
 
 

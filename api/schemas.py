@@ -279,6 +279,19 @@ class TokenCreated(BaseModel):
     is_admin: bool
 
 
+class TokenPublic(_Out):
+    """A token as listed to operators: its public prefix and state, never the secret or its hash."""
+
+    id: int
+    team_id: int
+    name: str
+    prefix: str
+    is_admin: bool
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
 class WorkerPublic(BaseModel):
     name: str = Field(description="Celery node name, e.g. gpu0@host (what runs' `worker` field names).")
     online: bool = Field(description="Answered a ping; an offline worker still named by a running run is shown.")

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from store.broker import DEFAULT_VISIBILITY_TIMEOUT
+
 DEFAULT_SECRET_KEY = "changethis"
+MIN_SECRET_KEY_LENGTH = 16
 
 
 class Settings(BaseSettings):
@@ -20,6 +24,10 @@ class Settings(BaseSettings):
     DATA_DIR: Path = Path("./data")
     DATABASE_URL: str = ""  # "" = sqlite:///{DATA_DIR}/flowdppo.db
     BROKER_URL: str = ""  # "" = filesystem:// with its folders under {DATA_DIR}/broker
+    BROKER_VISIBILITY_TIMEOUT: int = Field(DEFAULT_VISIBILITY_TIMEOUT, ge=60)  # the workers' value (store/broker.py)
+    # Directories whose files a submitted config may name (file: prompt sets, model_path, reward paths), as seen by
+    # the workers; None = ["/models", "{DATA_DIR}/inputs"]. From the environment as JSON: '["/models", "/data/in"]'.
+    INPUT_ROOTS: list[Path] | None = None
     SECRET_KEY: str = DEFAULT_SECRET_KEY
     API_HOST: str = "127.0.0.1"
     API_PORT: int = 8000
@@ -34,12 +42,26 @@ class Settings(BaseSettings):
             self.DATABASE_URL = f"sqlite:///{self.DATA_DIR}/flowdppo.db"
         if not self.BROKER_URL:
             self.BROKER_URL = "filesystem://"
-        if self.ENVIRONMENT != "dev" and self.SECRET_KEY == DEFAULT_SECRET_KEY:
-            raise ValueError(
-                f"SECRET_KEY is still the default {DEFAULT_SECRET_KEY!r} with ENVIRONMENT={self.ENVIRONMENT!r}; "
-                "set SECRET_KEY to a long random value, e.g. `openssl rand -hex 32`"
-            )
+        if self.INPUT_ROOTS is None:
+            self.INPUT_ROOTS = [Path("/models"), self.DATA_DIR / "inputs"]
+        # Resolved as the submitted paths are (os.path.realpath), so a root reached through a link still matches.
+        self.INPUT_ROOTS = [Path(os.path.realpath(root.expanduser())) for root in self.INPUT_ROOTS]
+        if self.ENVIRONMENT != "dev":
+            self._check_secret_key()
         return self
+
+    def _check_secret_key(self) -> None:
+        how = "set SECRET_KEY to a long random value, e.g. `openssl rand -hex 32`"
+        if self.SECRET_KEY == DEFAULT_SECRET_KEY:
+            raise ValueError(
+                f"SECRET_KEY is still the default {DEFAULT_SECRET_KEY!r} with ENVIRONMENT={self.ENVIRONMENT!r}; {how}"
+            )
+        if len(self.SECRET_KEY) < MIN_SECRET_KEY_LENGTH:
+            got = "empty" if not self.SECRET_KEY else f"{len(self.SECRET_KEY)} characters"
+            raise ValueError(
+                f"SECRET_KEY is {got} with ENVIRONMENT={self.ENVIRONMENT!r}; it needs at least "
+                f"{MIN_SECRET_KEY_LENGTH} characters: {how}"
+            )
 
     @property
     def broker_folder(self) -> Path:

@@ -85,7 +85,9 @@ def bench_submit_to_running(
             body = RunCreate(preset="shapes-dppo", overrides={**TINY, "model_path": base_path})
             t0 = time.perf_counter()
             with services.session() as session:
-                run = run_service.create_run(session, queue=services.queue, team_id=team_id, body=body)
+                run = run_service.create_run(
+                    session, queue=services.queue, input_roots=(), team_id=team_id, body=body
+                )
             t_api = time.perf_counter() - t0
             while True:
                 with services.session() as session:
@@ -134,7 +136,9 @@ def bench_comparison(services: Services, team_id: int, repeats: int = 10) -> lis
             def enqueue_run(self, *, run_id: int, kind: str) -> None:
                 pass
 
-        comparison = comparison_service.create_comparison(session, queue=NoQueue(), team_id=team_id, body=body)  # type: ignore[arg-type]
+        comparison = comparison_service.create_comparison(  # type: ignore[arg-type]
+            session, queue=NoQueue(), input_roots=(), team_id=team_id, body=body
+        )
         for run in comparison.runs:
             rows = [(s, k, (s % 97) * 0.01) for s in range(10_000) for k in KEYS]
             metrics.append_metrics(session, run_id=run.id, rows=rows)

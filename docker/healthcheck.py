@@ -26,10 +26,16 @@ def check_api() -> None:
 
 
 def check_worker() -> None:
-    # A bare app on the same broker: no project import, so the check stays light and never touches CUDA.
+    # A bare app on the worker's broker with the worker's transport options: a ping drains the broker, and on Redis
+    # that re-queues every running job older than this app's visibility timeout (store/broker.py). The settings
+    # import only pydantic, so the check stays light and never touches CUDA.
     from celery import Celery
 
-    app = Celery(broker=os.environ["BROKER_URL"])
+    from worker.settings import WorkerSettings
+
+    settings = WorkerSettings()
+    app = Celery(broker=settings.BROKER_URL)
+    app.conf.broker_transport_options = settings.broker_transport_options()
     host = socket.gethostname()
     nodes = [name for reply in app.control.ping(timeout=10) for name in reply]
     if not any(name.partition("@")[2] == host for name in nodes):

@@ -7,7 +7,8 @@ Every write function commits.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -298,6 +299,36 @@ def heartbeat(
     if row is None:
         return Beat(owned=False, cancel_requested=is_cancel_requested(session, run_id=run_id))
     return Beat(owned=True, cancel_requested=bool(row[0]))
+
+
+@contextmanager
+def fenced_write(session: Session, *, run_id: int, attempt: int) -> Iterator[Session | None]:
+    """A session for a worker's writes (metrics, samples, checkpoints, events) that land only while `attempt` still
+    runs the run; None when it does not (the run was requeued, taken over, finished or deleted).
+
+    One transaction: it starts by touching the run row where status is running and attempt matches, which locks
+    the row (PostgreSQL) or the database (SQLite) until the writes commit, so a takeover (claim_run, requeue_run)
+    lands either before the check, and nothing is written, or after the writes. Store write functions commit as
+    usual on the yielded session; their commits only release savepoints of this transaction.
+    """
+    begin_write(session)
+    owned = session.execute(
+        update(Run)
+        .where(Run.id == run_id, Run.status == "running", Run.attempt == attempt)
+        .values(heartbeat_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    if owned.rowcount != 1:
+        session.rollback()
+        yield None
+        return
+    try:
+        with Session(bind=session.connection(), join_transaction_mode="create_savepoint") as writes:
+            yield writes
+    except BaseException:
+        session.rollback()
+        raise
+    session.commit()
 
 
 def is_cancel_requested(session: Session, *, run_id: int) -> bool:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -65,18 +63,6 @@ def make_sessionmaker(engine_or_url: Engine | str) -> sessionmaker[Session]:
     """A session factory; objects stay usable after commit (expire_on_commit=False) so callers can return them."""
     engine = make_engine(engine_or_url) if isinstance(engine_or_url, str) else engine_or_url
     return sessionmaker(bind=engine, expire_on_commit=False)
-
-
-@contextmanager
-def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """`with session_scope(factory) as session:` commits on success, rolls back on error."""
-    with factory() as session:
-        try:
-            yield session
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
 
 
 def default_database_url(data_dir: str | Path) -> str:

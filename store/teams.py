@@ -37,10 +37,6 @@ def get_team_by_name(session: Session, *, name: str) -> Team | None:
     return session.scalars(select(Team).where(Team.name == name)).one_or_none()
 
 
-def list_teams(session: Session) -> list[Team]:
-    return list(session.scalars(select(Team).order_by(Team.id)))
-
-
 def create_token(session: Session, *, team_id: int, name: str = "", is_admin: bool = False) -> tuple[ApiToken, str]:
     """A new token for the team. Returns (row, plaintext); the plaintext is shown once and never stored."""
     begin_write(session)

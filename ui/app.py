@@ -17,6 +17,9 @@ from ui.common import LOGIN_HINT, authenticate, comparison_choices, comparison_r
 
 UI_PATH = "/ui"
 TOKEN_KEY = "flowdppo-token"
+# (every, older than) in seconds: Gradio's copies of returned files (checkpoint archives are large) are deleted
+# after an hour, long enough for the browser to fetch them; without it they stay until the server stops.
+CACHE_CLEANUP = (3600, 3600)
 CSS = """
 .fd-grid { border-collapse: collapse; margin: 4px 0; }
 .fd-grid th, .fd-grid td { padding: 4px 8px; text-align: center; vertical-align: top; font-size: 13px; }
@@ -85,7 +88,7 @@ def _header() -> tuple[Any, ...]:
 
 
 def build_dashboard(services: Services) -> gr.Blocks:
-    with gr.Blocks(title="flowdppo", fill_width=True) as demo:
+    with gr.Blocks(title="flowdppo", fill_width=True, delete_cache=CACHE_CLEANUP) as demo:
         token = gr.BrowserState("", storage_key=TOKEN_KEY, secret=services.settings.SECRET_KEY)
         who, logout_btn, login_row, token_box, login_btn = _header()
         with gr.Tabs(selected="compare") as tabs:

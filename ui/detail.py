@@ -5,7 +5,9 @@ Data: api.services.runs (get, events, evaluate, list evaluations), .samples (che
 
 from __future__ import annotations
 
+import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,11 @@ from api.services import workers as worker_service
 from ui.common import elapsed_s, format_duration, owned_runs, run_label, team_session
 
 WORKER_COLUMNS = ["worker", "state", "queues", "your runs"]
+# Gradio copies a returned file into its own cache (cleaned by the Blocks' delete_cache, ui/app.py), so an archive
+# here is only needed until the handler returns; one folder, one file per checkpoint, pruned by age on every click.
+# In the system temp folder because Gradio serves files only from there, the working folder or allowed_paths.
+ARCHIVE_DIR = Path(tempfile.gettempdir()) / "flowdppo-checkpoint-archives"
+ARCHIVE_MAX_AGE_S = 3600
 
 
 def run_header(run: RunPublic) -> str:
@@ -79,13 +86,14 @@ def evaluate(services: Services, token: str | None, run_id: int | None, checkpoi
     with team_session(services, token) as (session, principal):
         (row,) = owned_runs(session, principal, [int(run_id or 0)])
         created = run_service.evaluate(
-            session, queue=services.queue, run=row, body=EvaluateCreate(checkpoint_id=_checkpoint_id(checkpoint))
+            session, queue=services.queue, input_roots=services.settings.INPUT_ROOTS, run=row,
+            body=EvaluateCreate(checkpoint_id=_checkpoint_id(checkpoint)),
         )
     return f"Evaluation run #{created.id} queued ({created.name})."
 
 
 def download_checkpoint(services: Services, token: str | None, run_id: int | None, checkpoint: str | None) -> str:
-    """A tar of the checkpoint folder in a temporary file that Gradio serves once (what the REST download streams)."""
+    """A tar of the checkpoint folder (what the REST download streams) in ARCHIVE_DIR, for Gradio to serve."""
     checkpoint_id = _checkpoint_id(checkpoint)
     if checkpoint_id is None:
         raise gr.Error("Choose a checkpoint of the run (the base model ships with the package).")
@@ -96,11 +104,31 @@ def download_checkpoint(services: Services, token: str | None, run_id: int | Non
         )
     if path.is_file():
         return str(path)
-    out = Path(tempfile.mkdtemp(prefix="flowdppo-ckpt-")) / f"run{row.id}-{path.name}.tar"
-    with open(out, "wb") as f:
-        for chunk in sample_service.tar_stream(path):
-            f.write(chunk)
+    ARCHIVE_DIR.mkdir(exist_ok=True)
+    prune_archives(max_age_s=ARCHIVE_MAX_AGE_S)
+    out = ARCHIVE_DIR / f"run{row.id}-{path.name}.tar"
+    # written under a unique name, then renamed: a concurrent click for the same checkpoint never reads half a tar
+    fd, part = tempfile.mkstemp(dir=ARCHIVE_DIR, suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for chunk in sample_service.tar_stream(path):
+                f.write(chunk)
+        os.replace(part, out)
+    except BaseException:
+        Path(part).unlink(missing_ok=True)
+        raise
     return str(out)
+
+
+def prune_archives(*, max_age_s: float) -> None:
+    """Delete archives older than max_age_s: by then Gradio holds its own copy."""
+    cutoff = time.time() - max_age_s
+    for old in ARCHIVE_DIR.iterdir():
+        try:
+            if old.stat().st_mtime < cutoff:
+                old.unlink()
+        except FileNotFoundError:  # another server process pruned it first
+            continue
 
 
 def workers_table(services: Services, token: str | None) -> pd.DataFrame:

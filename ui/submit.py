@@ -171,16 +171,20 @@ def submit(
     preset = None if preset in (None, "", NO_PRESET) else preset
     overrides = overrides_from_form(specs, preset, values)
     tag_list = [t.strip() for t in (tags or "").split(",") if t.strip()]
+    roots = services.settings.INPUT_ROOTS
     with team_session(services, token, keep=(InvalidConfigError,)) as (session, principal):
         if comparison:
             variants = {**comparison_service.CLIP_VS_DPPO, **(CPS_VARIANTS if with_cps else {})}
             body = ComparisonCreate(name=name, preset=preset, overrides=overrides, variants=variants, tags=tag_list)
             group = comparison_service.create_comparison(
-                session, queue=services.queue, team_id=principal.team_id, body=body
+                session, queue=services.queue, input_roots=roots, team_id=principal.team_id, body=body
             )
             return [r.id for r in group.runs]
         run = RunCreate(name=name, preset=preset, overrides=overrides, tags=tag_list)
-        return [run_service.create_run(session, queue=services.queue, team_id=principal.team_id, body=run).id]
+        created = run_service.create_run(
+            session, queue=services.queue, input_roots=roots, team_id=principal.team_id, body=run
+        )
+        return [created.id]
 
 
 def _widget(spec: FieldSpec, value: Any) -> Any:

@@ -1,4 +1,8 @@
-"""`flowdppo worker [--gpu N] [--queues train,eval] [--concurrency 1]` and `flowdppo reaper`."""
+"""`flowdppo worker [--gpu N] [--queues train,eval]` and `flowdppo reaper`.
+
+A worker runs one job at a time (concurrency 1, not an option): store.runs.claim_run lets a worker take over a
+running run that names it, which is only right if that run can be nothing but its own redelivered job.
+"""
 
 from __future__ import annotations
 
@@ -20,8 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpu", type=int, help="GPU index: sets CUDA_VISIBLE_DEVICES before anything loads CUDA.")
     parser.add_argument("--queues", default="train,eval", help="Comma-separated queues (default: train,eval).")
-    parser.add_argument("--concurrency", type=int, default=1, help="Jobs at once (default 1: one GPU, one job).")
-    parser.add_argument("--name", help="Celery node name (default: gpuN@host or worker@host).")
+    parser.add_argument("--name", help="Celery node name (default: gpuN@host, or worker-<pid>@host without --gpu).")
     parser.add_argument("--loglevel", default="info")
     parser.add_argument("--no-reaper", action="store_true", help="Do not start the heartbeat reaper beside it.")
 
@@ -37,12 +40,12 @@ def run_worker(args: argparse.Namespace) -> int:
     if unknown:
         print(f"--queues: unknown {sorted(unknown)}; known: {[q.value for q in Queue]}", file=sys.stderr)
         return 2
-    name = args.name or (f"gpu{args.gpu}" if args.gpu is not None else "worker") + f"@{socket.gethostname()}"
+    name = args.name or default_node_name(args.gpu)
     reaper = None
     if not args.no_reaper:  # a separate process: never a thread in a parent that forks job children
         reaper = subprocess.Popen([sys.executable, "-m", "worker.reaper"])
     argv = [
-        "worker", f"--queues={','.join(queues)}", f"--concurrency={args.concurrency}", f"--hostname={name}",
+        "worker", f"--queues={','.join(queues)}", "--concurrency=1", f"--hostname={name}",
         "--prefetch-multiplier=1", "--max-tasks-per-child=1", "--pool=prefork", f"--loglevel={args.loglevel}",
         "--without-gossip", "--without-mingle",
     ]  # fmt: skip
@@ -53,6 +56,14 @@ def run_worker(args: argparse.Namespace) -> int:
             reaper.terminate()
             reaper.wait(timeout=10)
     return 0
+
+
+def default_node_name(gpu: int | None) -> str:
+    """gpuN@host: one worker per GPU, and one restarted with the same --gpu keeps its name, so it reclaims its own
+    redelivered job at once. Without a GPU the pid tells workers of one host apart: a shared name would let one
+    take over a run that another is still running."""
+    role = f"gpu{gpu}" if gpu is not None else f"worker-{os.getpid()}"
+    return f"{role}@{socket.gethostname()}"
 
 
 def run_reaper(_args: argparse.Namespace) -> int:

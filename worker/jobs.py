@@ -8,9 +8,11 @@ tested by calling these directly.
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from store import artifacts, checkpoints, metrics, runs, samples
@@ -56,8 +59,9 @@ class JobContext:
 class StoreCallback:
     """The trainer's Callback, writing to the database: metrics, sample images + rows, checkpoint rows, liveness.
 
-    Every report is also a heartbeat; should_stop() is True once a cancel was asked, the run is no longer ours, or
-    the worker is shutting down (then `preempted`).
+    Every report is also a heartbeat, and its writes land only while this attempt still runs the run (fenced in
+    the database, store.runs.fenced_write); should_stop() is True once a cancel was asked, the run is no longer
+    ours, or the worker is shutting down (then `preempted`).
     """
 
     def __init__(self, ctx: JobContext, run: Run, progress: Callable[[int], float]):
@@ -72,40 +76,50 @@ class StoreCallback:
         self.owned = self.owned and beat.owned
         self.cancel_requested = self.cancel_requested or beat.cancel_requested
 
-    def on_metrics(self, step: int, metrics_: dict[str, float]) -> None:
+    @contextmanager
+    def _fenced(self) -> Iterator[Session | None]:
+        """A session whose writes land only while this attempt owns the run (store.runs.fenced_write); None once
+        another attempt took the run over, then every later report is dropped as well."""
         if not self.owned:
-            return  # a requeued attempt owns the run's rows now
-        metrics.append_metrics(self.session, run_id=self.run_id, step=step, values=metrics_)
+            yield None
+            return
+        with runs.fenced_write(self.session, run_id=self.run_id, attempt=self.attempt) as writes:
+            self.owned = writes is not None
+            yield writes
+
+    def on_metrics(self, step: int, metrics_: dict[str, float]) -> None:
+        with self._fenced() as writes:
+            if writes is None:
+                return  # a requeued attempt owns the run's rows now
+            metrics.append_metrics(writes, run_id=self.run_id, step=step, values=metrics_)
         self._beat(step)
 
     def on_samples(self, step: int, images: list[Sample]) -> None:
-        if not self.owned:
-            return
-        rows = []
-        for s in images:
-            saved = artifacts.save_sample_image(
-                self.ctx.data_dir, run_id=self.run_id, step=step, index=s.index, seed=s.seed, image=s.image
-            )
-            rows.append(
-                samples.NewSample(
-                    step=step,
-                    prompt=s.prompt,
-                    seed=s.seed,
-                    index=s.index,
-                    image_path=saved.image_path,
-                    thumb_path=saved.thumb_path,
-                    rewards={k: float(v) for k, v in s.rewards.items()},
-                )  # fmt: skip
-            )
-        samples.add_samples(self.session, run_id=self.run_id, samples=rows)
+        with self._fenced() as writes:
+            if writes is None:
+                return
+            # The images too are written under the fence: the next attempt writes the same paths for this step.
+            rows = [self._save_sample(step, s) for s in images]
+            samples.add_samples(writes, run_id=self.run_id, samples=rows)
         self.samples_logged += len(rows)
 
+    def _save_sample(self, step: int, s: Sample) -> samples.NewSample:
+        saved = artifacts.save_sample_image(
+            self.ctx.data_dir, run_id=self.run_id, step=step, index=s.index, seed=s.seed, image=s.image
+        )
+        return samples.NewSample(
+            step=step, prompt=s.prompt, seed=s.seed, index=s.index, image_path=saved.image_path,
+            thumb_path=saved.thumb_path, rewards={k: float(v) for k, v in s.rewards.items()},
+        )  # fmt: skip
+
     def on_checkpoint(self, step: int, path: Path) -> None:
-        if not self.owned:
-            return
-        relpath = artifacts.relative_to_data(self.ctx.data_dir, path)
-        checkpoints.add_checkpoint(self.session, run_id=self.run_id, step=step, path=relpath)
-        runs.add_event(self.session, run_id=self.run_id, message=f"checkpoint at step {step}")
+        # Fenced like the rest; a folder the trainer wrote after a takeover gets no row, so nobody resumes from it.
+        with self._fenced() as writes:
+            if writes is None:
+                return
+            relpath = artifacts.relative_to_data(self.ctx.data_dir, path)
+            checkpoints.add_checkpoint(writes, run_id=self.run_id, step=step, path=relpath)
+            runs.add_event(writes, run_id=self.run_id, message=f"checkpoint at step {step}")
 
     def should_stop(self) -> bool:
         self._beat()
@@ -127,7 +141,13 @@ class Heartbeat:
     def _loop(self) -> None:
         with self.ctx.session_factory() as session:
             while not self.stop.wait(self.ctx.heartbeat_seconds):
-                beat = runs.heartbeat(session, run_id=self.run_id, attempt=self.attempt)
+                try:
+                    beat = runs.heartbeat(session, run_id=self.run_id, attempt=self.attempt)
+                except SQLAlchemyError:  # the driver's errors (OperationalError: connection lost, ...) come wrapped
+                    # A database blip must not end the heartbeat, or a healthy job is reaped as lost.
+                    log.warning("run %s: heartbeat failed, retrying", self.run_id, exc_info=True)
+                    session.rollback()
+                    continue
                 if not beat.owned:
                     self.callback.owned = False  # read by should_stop() between steps
                     return
@@ -154,10 +174,9 @@ def run_training(run_id: int, *, ctx: JobContext, train_fn: Callable[..., Any] |
         return _preempt(ctx, run)
     if train_fn is None:
         from trainer.train import train as train_fn
-    from trainer.checkpoint import latest_checkpoint
 
     out_dir = artifacts.run_dir(ctx.data_dir, run.id)
-    resume_from = latest_checkpoint(out_dir)
+    resume_from = _recorded_checkpoint(ctx, run.id, out_dir)
     if resume_from is not None:
         _event(ctx, run.id, f"resuming from checkpoint {artifacts.relative_to_data(ctx.data_dir, resume_from)}")
     total = max(1, run.total_steps or config.steps)
@@ -225,6 +244,24 @@ def _claim(run_id: int, ctx: JobContext) -> Run | None:
             state = "deleted" if current is None else f"{current.status} on {current.worker or 'no worker'}"
             log.info("skipping run %s (%s)", run_id, state)
         return run
+
+
+def _recorded_checkpoint(ctx: JobContext, run_id: int, out_dir: Path) -> Path | None:
+    """The checkpoint the trainer resumes from: the newest one with a row for the run.
+
+    The trainer resumes from the newest folder in out_dir; a folder without a row was written by an attempt that
+    was fenced off (or died before recording it), so it is removed first.
+    """
+    from trainer.checkpoint import CHECKPOINTS, latest_checkpoint
+
+    with ctx.session_factory() as session:
+        rows = checkpoints.list_checkpoints(session, run_id=run_id)
+    recorded = {artifacts.resolve(ctx.data_dir, row.path) for row in rows}
+    for folder in (out_dir / CHECKPOINTS).glob("step_*"):
+        if folder.resolve() not in recorded:
+            log.warning("run %s: removing checkpoint %s, which has no database row", run_id, folder)
+            shutil.rmtree(folder, ignore_errors=True)
+    return latest_checkpoint(out_dir)
 
 
 def _finish(ctx: JobContext, run: Run, callback: StoreCallback, *, stopped: bool) -> Outcome:

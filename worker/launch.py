@@ -14,9 +14,9 @@ from worker.settings import WorkerSettings
 
 def worker_command(
     *, queues: Sequence[str] = ("train", "eval"), gpu: int | None = None, name: str | None = None,
-    concurrency: int = 1, reaper: bool = True, loglevel: str = "info",
+    reaper: bool = True, loglevel: str = "info",
 ) -> list[str]:  # fmt: skip
-    cmd = [sys.executable, "-m", "worker", "--queues", ",".join(queues), "--concurrency", str(concurrency)]
+    cmd = [sys.executable, "-m", "worker", "--queues", ",".join(queues)]
     cmd += ["--loglevel", loglevel]
     if gpu is not None:
         cmd += ["--gpu", str(gpu)]

@@ -9,6 +9,8 @@ from typing import Any
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from store.broker import DEFAULT_POLL_SECONDS, DEFAULT_VISIBILITY_TIMEOUT, transport_options
+
 
 class WorkerSettings(BaseSettings):
     """Embedded defaults (SQLite + Celery's filesystem transport under DATA_DIR); URLs switch to distributed."""
@@ -19,7 +21,9 @@ class WorkerSettings(BaseSettings):
     DATABASE_URL: str = Field("", description="'' = sqlite:///{DATA_DIR}/flowdppo.db")
     BROKER_URL: str = Field("", description="'' = filesystem:// with folders under {DATA_DIR}/broker")
     BROKER_VISIBILITY_TIMEOUT: int = Field(
-        172_800, ge=60, description="Redis: seconds before an unacked job is handed out again; above the longest run."
+        DEFAULT_VISIBILITY_TIMEOUT,
+        ge=60,
+        description="Redis: seconds before an unacked job is handed out again; above the longest run.",
     )
     WORKER_DEVICE: str = Field("auto", description="'auto' = cuda when visible, else cpu; or 'cpu', 'cuda', 'cuda:1'.")
     WORKER_HEARTBEAT_SECONDS: float = Field(
@@ -29,7 +33,9 @@ class WorkerSettings(BaseSettings):
         180.0, gt=0, description="A 'running' run whose heartbeat is older than this is lost (its worker died)."
     )
     REAPER_INTERVAL_SECONDS: float = Field(30.0, gt=0, description="How often the reaper looks for lost runs.")
-    BROKER_POLL_SECONDS: float = Field(0.5, gt=0, description="Filesystem transport: how often queues are polled.")
+    BROKER_POLL_SECONDS: float = Field(
+        DEFAULT_POLL_SECONDS, gt=0, description="Filesystem transport: how often queues are polled."
+    )
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> WorkerSettings:
@@ -47,7 +53,7 @@ class WorkerSettings(BaseSettings):
 
     @property
     def broker_folder(self) -> Path:
-        """Where the filesystem transport keeps its messages (the same folders api/services/queue.py uses)."""
+        """Where the filesystem transport keeps its messages (the same folder as the API's settings.broker_folder)."""
         return self.DATA_DIR / "broker"
 
     @property
@@ -59,18 +65,8 @@ class WorkerSettings(BaseSettings):
         return {name: str(value) for name, value in self.model_dump().items() if value is not None}
 
     def broker_transport_options(self) -> dict[str, Any]:
-        if self.BROKER_URL.startswith("filesystem"):
-            folder = self.broker_folder
-            for sub in ("out", "processed", "control"):
-                (folder / sub).mkdir(parents=True, exist_ok=True)
-            return {
-                "data_folder_in": str(folder / "out"),
-                "data_folder_out": str(folder / "out"),
-                "processed_folder": str(folder / "processed"),
-                "control_folder": str(folder / "control"),  # fanout: revoke, ping, inspect
-                "store_processed": False,
-                "polling_interval": self.BROKER_POLL_SECONDS,
-            }
-        if self.BROKER_URL.startswith(("redis", "rediss", "sentinel")):
-            return {"visibility_timeout": self.BROKER_VISIBILITY_TIMEOUT}
-        return {}
+        """The options every Celery app of the platform uses for this broker (store/broker.py)."""
+        return transport_options(
+            self.BROKER_URL, folder=self.broker_folder, visibility_timeout=self.BROKER_VISIBILITY_TIMEOUT,
+            polling_interval=self.BROKER_POLL_SECONDS,
+        )  # fmt: skip

@@ -18,7 +18,9 @@ def create_comparison(
     body: ComparisonCreate, session: SessionDep, team: CurrentTeam, services: ServicesDep
 ) -> ComparisonPublic:
     """All variants are validated first (422 naming the variant and field), stored together, then enqueued."""
-    return service.create_comparison(session, queue=services.queue, team_id=team.team_id, body=body)
+    return service.create_comparison(
+        session, queue=services.queue, input_roots=services.settings.INPUT_ROOTS, team_id=team.team_id, body=body
+    )
 
 
 @router.get("")

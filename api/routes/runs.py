@@ -16,7 +16,9 @@ router = APIRouter(prefix="/runs", tags=["runs"])
 @router.post("", status_code=status.HTTP_201_CREATED)
 def create_run(body: RunCreate, session: SessionDep, team: CurrentTeam, services: ServicesDep) -> RunPublic:
     """Validate (422 naming the field), store, commit, then enqueue on the `train` queue."""
-    return service.create_run(session, queue=services.queue, team_id=team.team_id, body=body)
+    return service.create_run(
+        session, queue=services.queue, input_roots=services.settings.INPUT_ROOTS, team_id=team.team_id, body=body
+    )
 
 
 @router.get("")
@@ -64,4 +66,6 @@ def list_events(run: RunForTeam, session: SessionDep, after_id: int | None = Non
 @router.post("/{run_id}/evaluate", status_code=status.HTTP_201_CREATED)
 def evaluate(run: RunForTeam, body: EvaluateCreate, session: SessionDep, services: ServicesDep) -> RunPublic:
     """An eval run (parent_run_id = this run) of a checkpoint, or of the base model when checkpoint_id is null."""
-    return service.evaluate(session, queue=services.queue, run=run, body=body)
+    return service.evaluate(
+        session, queue=services.queue, input_roots=services.settings.INPUT_ROOTS, run=run, body=body
+    )

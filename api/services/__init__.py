@@ -30,7 +30,9 @@ class Services:
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:
         settings.DATA_DIR.mkdir(parents=True, exist_ok=True)
-        app = make_celery_app(settings.BROKER_URL, str(settings.broker_folder))
+        app = make_celery_app(
+            settings.BROKER_URL, str(settings.broker_folder), visibility_timeout=settings.BROKER_VISIBILITY_TIMEOUT
+        )
         return cls(settings=settings, session_factory=make_sessionmaker(settings.DATABASE_URL), queue=TaskQueue(app))
 
     @contextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -28,14 +29,20 @@ from trainer.config import TrainConfig
 CLIP_VS_DPPO = {"clip": {"loss": "clip"}, "dppo": {"loss": "dppo"}}
 
 
-def create_comparison(session: Session, *, queue: TaskQueue, team_id: int, body: ComparisonCreate) -> ComparisonPublic:
+def create_comparison(
+    session: Session, *, queue: TaskQueue, input_roots: Sequence[Path], team_id: int, body: ComparisonCreate
+) -> ComparisonPublic:
     """Validate the base and every variant (all errors at once), store them in one transaction, then enqueue."""
-    base = resolve_train_config(preset=body.preset, config=body.config, overrides=body.overrides)
+    base = resolve_train_config(
+        preset=body.preset, config=body.config, overrides=body.overrides, input_roots=input_roots
+    )
     configs: dict[str, TrainConfig] = {}
     errors: list[dict[str, Any]] = []
     for name, overrides in body.variants.items():
         try:
-            configs[name] = apply_overrides(base, overrides, loc=("body", "variants", name))
+            configs[name] = apply_overrides(
+                base, overrides, input_roots=input_roots, loc=("body", "variants", name)
+            )
         except InvalidConfigError as err:
             errors.extend(err.errors)
     if errors:

@@ -1,7 +1,16 @@
-"""Configs from presets, full configs and dotted overrides, validated before anything is stored or queued."""
+"""Configs from presets, full configs and dotted overrides, validated before anything is stored or queued.
+
+Beyond the trainer's own validation, every file a config names (a `file:` prompt set, model_path, a reward's
+`path`/`*_path` option) must lie inside one of the settings' INPUT_ROOTS: a worker reads these files, and what it
+fails to parse ends up in the run's error, readable by the team that submitted it.
+"""
 
 from __future__ import annotations
 
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -9,6 +18,9 @@ from pydantic import ValidationError
 from api.schemas import PresetPublic
 from api.services.errors import InvalidConfigError
 from trainer.config import EvalConfig, TrainConfig
+
+# What trainer/models/lora.py (_HUB_ID) loads from the hub rather than from disk: "org/name".
+HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
 def list_presets() -> list[PresetPublic]:
@@ -18,7 +30,12 @@ def list_presets() -> list[PresetPublic]:
 
 
 def resolve_train_config(
-    *, preset: str | None, config: TrainConfig | None, overrides: dict[str, Any], loc: tuple[str, ...] = ("body",)
+    *,
+    preset: str | None,
+    config: TrainConfig | None,
+    overrides: dict[str, Any],
+    input_roots: Sequence[Path],
+    loc: tuple[str, ...] = ("body",),
 ) -> TrainConfig:
     """The run's config: the preset (or the given config, or the defaults) with `overrides` applied last.
 
@@ -34,26 +51,100 @@ def resolve_train_config(
                 [_error((*loc, "preset"), f"unknown preset {preset!r}; one of: {allowed}", "value_error", preset)]
             )
         base = get_preset(preset)
-    return apply_overrides(base, overrides, loc=(*loc, "overrides"))
+    elif config is not None:
+        check_input_paths(config, input_roots=input_roots, loc=(*loc, "config"))
+    return apply_overrides(base, overrides, input_roots=input_roots, loc=(*loc, "overrides"))
 
 
-def apply_overrides(base: TrainConfig, overrides: dict[str, Any], *, loc: tuple[str, ...]) -> TrainConfig:
+def apply_overrides(
+    base: TrainConfig, overrides: dict[str, Any], *, input_roots: Sequence[Path], loc: tuple[str, ...]
+) -> TrainConfig:
+    """`base` with `overrides` applied; a path the overrides set is checked against INPUT_ROOTS (`base`'s were)."""
     if not overrides:
         return base
     try:
-        return base.with_overrides(overrides)
+        config = base.with_overrides(overrides)
     except ValidationError as err:
         raise InvalidConfigError(validation_errors(err, loc=loc)) from err
     except (KeyError, IndexError, ValueError, TypeError) as err:
         raise InvalidConfigError([_error(loc, f"cannot apply overrides: {err}", "value_error", overrides)]) from err
+    check_input_paths(config, input_roots=input_roots, loc=loc, unchanged_from=base)
+    return config
 
 
-def resolve_eval_config(*, train: TrainConfig, overrides: dict[str, Any], loc: tuple[str, ...]) -> EvalConfig:
+def resolve_eval_config(
+    *, train: TrainConfig, overrides: dict[str, Any], input_roots: Sequence[Path], loc: tuple[str, ...]
+) -> EvalConfig:
     """An EvalConfig for `train` with EvalConfig fields from `overrides` (e.g. {"num_prompts": 8})."""
     try:
-        return EvalConfig.model_validate({**overrides, "train": train.model_dump(mode="json")})
+        config = EvalConfig.model_validate({**overrides, "train": train.model_dump(mode="json")})
     except ValidationError as err:
         raise InvalidConfigError(validation_errors(err, loc=loc)) from err
+    if config.prompts is not None:  # the train config's paths were checked when its run was submitted
+        _raise_outside([(("prompts",), _prompt_file(config.prompts))], roots=input_roots, loc=loc)
+    return config
+
+
+def check_input_paths(
+    config: TrainConfig,
+    *,
+    input_roots: Sequence[Path],
+    loc: tuple[str, ...],
+    unchanged_from: TrainConfig | None = None,
+) -> None:
+    """Refuse a config naming a file outside `input_roots` (InvalidConfigError, `loc` + the field's path).
+
+    Paths equal to those of `unchanged_from` (a config already checked) are skipped.
+    """
+    known = dict(_input_paths(unchanged_from)) if unchanged_from is not None else {}
+    changed = [(field, value) for field, value in _input_paths(config) if known.get(field) != value]
+    _raise_outside(changed, roots=input_roots, loc=loc)
+
+
+def _input_paths(config: TrainConfig) -> list[tuple[tuple[Any, ...], str | None]]:
+    """(field path, file path) for every file the worker would read for `config`; None where it reads none."""
+    found = [((name,), _prompt_file(getattr(config, name))) for name in ("train_prompts", "eval_prompts")]
+    model_path = config.model_path
+    hub = model_path is not None and config.model != "builtin" and _is_hub_id(model_path)  # builtin reads a file
+    found.append((("model_path",), None if hub else model_path))
+    for i, reward in enumerate(config.rewards):
+        for key, value in reward.options.items():
+            if key == "path" or key.endswith("_path"):
+                found.append((("rewards", i, "options", key), str(value)))
+    return found
+
+
+def _prompt_file(spec: str) -> str | None:
+    scheme, _, rest = spec.partition(":")
+    return rest if scheme == "file" else None
+
+
+def _is_hub_id(value: str) -> bool:
+    return HUB_ID.match(value) is not None and not {".", ".."} & set(value.split("/"))
+
+
+def _raise_outside(
+    paths: Sequence[tuple[tuple[Any, ...], str | None]], *, roots: Sequence[Path], loc: tuple[str, ...]
+) -> None:
+    errors = [
+        _error((*loc, *field), message, "value_error", value)
+        for field, value in paths
+        if value is not None and (message := _outside_roots(value, roots)) is not None
+    ]
+    if errors:
+        raise InvalidConfigError(errors)
+
+
+def _outside_roots(value: str, roots: Sequence[Path]) -> str | None:
+    """Why `value` may not be read (None if it may): it must be absolute and resolve inside one of `roots`."""
+    allowed = ", ".join(str(root) for root in roots) or "none configured"
+    if not os.path.isabs(value):
+        return f"path {value!r} must be absolute and inside one of INPUT_ROOTS ({allowed})"
+    # realpath: "/models/../etc" and links pointing out of a root resolve to where they really lead.
+    real = os.path.realpath(value)
+    if not any(os.path.commonpath([real, str(root)]) == str(root) for root in roots):
+        return f"path {value!r} is outside INPUT_ROOTS ({allowed}); ask an admin to place the file there"
+    return None
 
 
 def validation_errors(err: ValidationError, *, loc: tuple[str, ...]) -> list[dict[str, Any]]:

@@ -3,41 +3,31 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from pathlib import Path
 
 from celery import Celery
 
 from api.services.errors import UnavailableError
+from store.broker import DEFAULT_VISIBILITY_TIMEOUT, transport_options
 
 log = logging.getLogger(__name__)
 
 TASKS = {"train": ("worker.tasks.train_run", "train"), "eval": ("worker.tasks.evaluate_run", "eval")}
 
 
-def make_celery_app(broker_url: str, broker_folder: str | None = None) -> Celery:
-    """A producer-only Celery app on the same broker as the workers.
+def make_celery_app(
+    broker_url: str, broker_folder: str | None = None, *, visibility_timeout: int = DEFAULT_VISIBILITY_TIMEOUT
+) -> Celery:
+    """A producer-only Celery app on the same broker, with the same transport options, as the workers.
 
     The filesystem transport (embedded mode) keeps its messages in `broker_folder`; workers must use the same one.
+    On Redis `visibility_timeout` must be the workers' (settings.BROKER_VISIBILITY_TIMEOUT): the workers view pings
+    them, and a ping re-queues every running job older than the pinging app's timeout (store/broker.py).
     """
     app = Celery("flowdppo-api", broker=broker_url)
-    options: dict[str, Any] = {}
-    if broker_url.startswith("filesystem"):
-        if broker_folder is None:
-            raise ValueError("the filesystem transport needs broker_folder (settings.broker_folder)")
-        from pathlib import Path
-
-        folder = Path(broker_folder)
-        for sub in ("out", "processed", "control"):
-            (folder / sub).mkdir(parents=True, exist_ok=True)
-        options = {
-            "data_folder_in": str(folder / "out"),
-            "data_folder_out": str(folder / "out"),
-            "processed_folder": str(folder / "processed"),
-            "control_folder": str(folder / "control"),
-            "store_processed": False,
-        }
+    folder = Path(broker_folder) if broker_folder is not None else None
     app.conf.update(
-        broker_transport_options=options,
+        broker_transport_options=transport_options(broker_url, folder=folder, visibility_timeout=visibility_timeout),
         broker_connection_retry_on_startup=True,
         task_ignore_result=True,
         task_serializer="json",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 from pydantic import TypeAdapter
 from sqlalchemy.orm import Session
 
@@ -25,9 +28,14 @@ def get_owned_run(session: Session, *, team_id: int, run_id: int) -> Run:
     return run
 
 
-def create_run(session: Session, *, queue: TaskQueue, team_id: int, body: RunCreate) -> RunPublic:
-    """Validate the config (InvalidConfigError names the field), store the run, commit, and only then enqueue."""
-    config = resolve_train_config(preset=body.preset, config=body.config, overrides=body.overrides)
+def create_run(
+    session: Session, *, queue: TaskQueue, input_roots: Sequence[Path], team_id: int, body: RunCreate
+) -> RunPublic:
+    """Validate the config (InvalidConfigError names the field; files only inside `input_roots`), store the run,
+    commit, and only then enqueue."""
+    config = resolve_train_config(
+        preset=body.preset, config=body.config, overrides=body.overrides, input_roots=input_roots
+    )
     run = store_runs.create_run(
         session, team_id=team_id, config=config.model_dump(mode="json"), kind="train",
         name=body.name or body.preset or "", tags=body.tags, preset=body.preset,
@@ -99,7 +107,9 @@ def list_events(session: Session, *, run: Run, after_id: int | None = None) -> l
     ]
 
 
-def evaluate(session: Session, *, queue: TaskQueue, run: Run, body: EvaluateCreate) -> RunPublic:
+def evaluate(
+    session: Session, *, queue: TaskQueue, input_roots: Sequence[Path], run: Run, body: EvaluateCreate
+) -> RunPublic:
     """An eval run (kind 'eval', parent_run_id = run) of one of the run's checkpoints, or of the base model."""
     if run.kind != "train":
         raise ConflictError(f"run {run.id} is an evaluation; evaluate its parent run {run.parent_run_id} instead")
@@ -108,7 +118,9 @@ def evaluate(session: Session, *, queue: TaskQueue, run: Run, body: EvaluateCrea
         if checkpoint is None or checkpoint.run_id != run.id:
             raise NotFoundError(f"checkpoint {body.checkpoint_id} not found in run {run.id}")
     train = TrainConfig.model_validate(run.config)
-    config = resolve_eval_config(train=train, overrides=body.overrides, loc=("body", "overrides"))
+    config = resolve_eval_config(
+        train=train, overrides=body.overrides, input_roots=input_roots, loc=("body", "overrides")
+    )
     target = f"checkpoint {body.checkpoint_id}" if body.checkpoint_id is not None else "base model"
     eval_run = store_runs.create_run(
         session, team_id=run.team_id, config=config.model_dump(mode="json"), kind="eval",

@@ -1,4 +1,5 @@
-"""Who is calling: bearer tokens to a team (tokens are stored hashed by store.teams), admin-only team creation."""
+"""Who is calling: bearer tokens to a team (tokens are stored hashed by store.teams), admin-only team creation, and
+the operator's token commands (`flowdppo token create|list|revoke`)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
-from api.schemas import TeamPublic, TokenCreated
-from api.services.errors import ConflictError
+from api.schemas import TeamPublic, TokenCreated, TokenPublic
+from api.services.errors import ConflictError, NotFoundError
 from store import teams as store_teams
 
 
@@ -28,12 +29,6 @@ def authenticate(session: Session, *, token: str) -> Principal | None:
     return Principal(team_id=row.team_id, team_name=row.team.name, is_admin=row.is_admin)
 
 
-def principal_for_team(session: Session, *, name: str) -> Principal | None:
-    """A principal for a team by name (the embedded dashboard acts as the local team)."""
-    team = store_teams.get_team_by_name(session, name=name)
-    return None if team is None else Principal(team_id=team.id, team_name=team.name)
-
-
 def create_team_with_token(session: Session, *, name: str, admin: bool = False) -> TokenCreated:
     """A new team and its first token (admin callers only; the route checks)."""
     if store_teams.get_team_by_name(session, name=name) is not None:
@@ -52,6 +47,22 @@ def create_token(session: Session, *, team_name: str, admin: bool = False, creat
         team = store_teams.create_team(session, name=team_name)
     row, plaintext = store_teams.create_token(session, team_id=team.id, name="cli", is_admin=admin)
     return TokenCreated(team=TeamPublic.model_validate(team), token=plaintext, is_admin=row.is_admin)
+
+
+def list_tokens(session: Session, *, team_name: str) -> list[TokenPublic]:
+    """Every token of a team, revoked ones included, oldest first (`flowdppo token list`)."""
+    team = store_teams.get_team_by_name(session, name=team_name)
+    if team is None:
+        raise NotFoundError(f"no team {team_name!r}")
+    return [TokenPublic.model_validate(t) for t in store_teams.list_tokens(session, team_id=team.id)]
+
+
+def revoke_token(session: Session, *, token_id: int) -> TokenPublic:
+    """Revoke any team's token by id (`flowdppo token revoke`, an operator command); revoking twice is a no-op."""
+    row = store_teams.revoke_token(session, token_id=token_id)
+    if row is None:
+        raise NotFoundError(f"no token {token_id}")
+    return TokenPublic.model_validate(row)
 
 
 def get_team(session: Session, *, team_id: int) -> TeamPublic:

@@ -1,4 +1,7 @@
-"""Who is connected: Celery workers answering a ping, and the runs the database says each one is running."""
+"""Who is connected: Celery workers answering a ping over the broker, and the runs the database says each one runs.
+
+The api's own producer app (api.services.queue) asks the broker, so nothing here imports the worker package.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +10,24 @@ from sqlalchemy.orm import Session
 from api.schemas import WorkerPublic
 from api.services.queue import TaskQueue
 from store import runs as store_runs
-from worker.status import list_workers as worker_status  # a plain function (celery + store), not a task module
 
 
 def list_workers(session: Session, *, queue: TaskQueue, team_id: int, timeout: float = 1.0) -> list[WorkerPublic]:
-    """Connected workers with the ids of the caller's runs each one executes.
+    """Every worker that answers a ping, plus any worker a running run names (shown offline if it did not answer:
+    the reaper requeues its run once the heartbeat is stale), with the ids of the caller's runs each one executes.
 
     Other teams' runs are hidden, but a worker busy with one still appears (the capacity is shared).
     """
-    own = {r.id for r in store_runs.active_runs(session) if r.team_id == team_id}
-    return [
-        WorkerPublic(name=w.name, online=w.online, queues=w.queues, run_ids=[r for r in w.run_ids if r in own])
-        for w in worker_status(session, app=queue.app, timeout=timeout)
-    ]
+    control = queue.app.control
+    online = {name for reply in (control.ping(timeout=timeout) or []) for name in reply}
+    active_queues = control.inspect(timeout=timeout).active_queues() or {}
+    workers = {
+        name: WorkerPublic(name=name, online=True, queues=sorted(q["name"] for q in active_queues.get(name, [])))
+        for name in online
+    }
+    for run in store_runs.active_runs(session):
+        if run.worker:
+            worker = workers.setdefault(run.worker, WorkerPublic(name=run.worker, online=False))
+            if run.team_id == team_id:
+                worker.run_ids.append(run.id)
+    return sorted(workers.values(), key=lambda w: w.name)

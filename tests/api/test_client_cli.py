@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from api_helpers import TINY, add_points, make_run
+from api_helpers import TINY, add_points, make_run, make_team_token
+from rich.progress import Progress
 
 import flowdppo
 from api import cli
@@ -82,6 +83,27 @@ def test_cli_submit_runs_cancel_compare_watch(cli_client, capsys, session, team)
     assert f"run {done}: succeeded" in capsys.readouterr().out
 
 
+def test_cli_watch_counts_finished_training_steps(cli_client, capsys, monkeypatch, session, team):
+    done = make_run(session, team_id=team.team_id, status="running")
+    add_points(session, run_id=done, steps=range(4), keys={"reward/total/mean": 0.25})  # 0: the base evaluation
+    attempt = store_runs.get_run(session, run_id=done).attempt
+    store_runs.heartbeat(session, run_id=done, attempt=attempt, step=3, progress=0.3)  # 3 of 10 steps trained
+    store_runs.finish_run(session, run_id=done, status="succeeded")
+    session.commit()
+    completed = []
+    update = Progress.update
+
+    def record(self, task, **fields):
+        if "completed" in fields:
+            completed.append(fields["completed"])
+        update(self, task, **fields)
+
+    monkeypatch.setattr(Progress, "update", record)
+    assert flowdppo.main(["watch", str(done)]) == 0
+    assert completed[-1] == 3 and 0 in completed and max(completed) == 3  # never a step ahead of the run
+    assert f"run {done}: succeeded" in capsys.readouterr().out
+
+
 def test_cli_submit_config_file(cli_client, capsys, tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text("loss: clip\nsteps: 3\nprompts_per_step: 2\n")
@@ -96,3 +118,35 @@ def test_cli_token_create(monkeypatch, capsys, services, session):
     row = store_teams.authenticate_token(session, plaintext=token)
     assert row is not None and row.is_admin and row.team.name == "cli-team-x"
     session.commit()
+
+
+def test_cli_token_list_and_revoke(monkeypatch, capsys, services, session):
+    monkeypatch.setenv("DATABASE_URL", services.settings.DATABASE_URL)
+    monkeypatch.setenv("COLUMNS", "200")  # rich tables at full width
+    member = make_team_token(session)
+    row, admin_token = store_teams.create_token(session, team_id=member.team_id, is_admin=True)
+    session.commit()
+    assert flowdppo.main(["token", "revoke", str(row.id)]) == 0
+    assert f"token {row.id} ({row.prefix}, admin) revoked at" in capsys.readouterr().out
+    assert store_teams.authenticate_token(session, plaintext=admin_token) is None
+    assert store_teams.authenticate_token(session, plaintext=member.token) is not None
+    session.commit()
+    assert flowdppo.main(["token", "revoke", str(row.id)]) == 0  # twice: still revoked, no error
+    capsys.readouterr()
+
+    assert flowdppo.main(["token", "list", "--team", member.name]) == 0
+    out = capsys.readouterr().out
+    (header,) = [line.split() for line in out.splitlines() if "┃" in line]  # rich's heavy header bars
+    assert [cell for cell in header if cell != "┃"] == ["id", "prefix", "role", "created", "revoked"]
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in out.splitlines() if "│" in line]
+    tokens = store_teams.list_tokens(session, team_id=member.team_id)
+    assert [(int(r[0]), r[1], r[2], bool(r[4])) for r in rows] == [
+        (t.id, t.prefix, "admin" if t.is_admin else "member", t.revoked_at is not None) for t in tokens
+    ]
+    for secret in (member.token, admin_token):
+        assert secret not in out and secret.split("_", 2)[2] not in out  # fdp_<prefix>_<secret>
+
+    assert flowdppo.main(["token", "list", "--team", "no-such-team"]) == 2
+    assert "no team 'no-such-team'" in capsys.readouterr().err
+    assert flowdppo.main(["token", "revoke", "987654321"]) == 2
+    assert "no token 987654321" in capsys.readouterr().err

@@ -4,12 +4,14 @@ broker), distributed (PostgreSQL + Redis), and `flowdppo up` itself as a subproc
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
@@ -32,17 +34,21 @@ WAIT_S = 240
 
 
 @pytest.fixture(scope="module")
-def base_model_path(tmp_path_factory: pytest.TempPathFactory) -> str | None:
-    """None (the shipped base) when trainer/assets has it, else a 1-step pretrained tiny base."""
+def base_model_path(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str | None]:
+    """None (the shipped base) when trainer/assets has it, else a 1-step pretrained tiny base, in an INPUT_ROOTS
+    folder (the API refuses a model_path outside them)."""
     from trainer.models.builtin import SHIPPED_BASE
 
     if Path(str(resources.files("trainer") / "assets" / SHIPPED_BASE)).is_file():
-        return None
+        yield None
+        return
     from trainer.pretrain import pretrain_base
 
     path = tmp_path_factory.mktemp("base") / "base.safetensors"
     pretrain_base(path, steps=1, batch_size=4, eval_samples=4)
-    return str(path)
+    with pytest.MonkeyPatch.context() as env:  # read by the API in this process and by `flowdppo up`
+        env.setenv("INPUT_ROOTS", json.dumps([str(path.parent)]))
+        yield str(path)
 
 
 def _check_finished_run(client: Client, run_id: int) -> None:

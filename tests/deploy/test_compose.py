@@ -33,7 +33,7 @@ SECRETS = {
     "FLOWER_BASIC_AUTH": "ci:flowerpass",
 }
 WORKERS = ("worker-gpu0", "worker-gpu1", "worker-gpu2", "worker-gpu3")
-APP_SERVICES = ("migrate", "api", *WORKERS)
+APP_SERVICES = ("migrate", "api", "reaper", *WORKERS)
 
 
 def in_ci() -> bool:
@@ -108,9 +108,9 @@ def raw() -> dict:
 
 
 def test_services_and_profiles(services: dict, raw: dict) -> None:
-    assert set(services) == {"postgres", "redis", "migrate", "api", *WORKERS, "flower"}
+    assert set(services) == {"postgres", "redis", "migrate", "api", "reaper", *WORKERS, "flower"}
     default = {name for name, service in raw["services"].items() if not service.get("profiles")}
-    assert default == {"postgres", "redis", "migrate", "api", "worker-gpu0"}
+    assert default == {"postgres", "redis", "migrate", "api", "reaper", "worker-gpu0"}
     assert raw["services"]["flower"]["profiles"] == ["flower"]
     assert "gpus-2" in raw["services"]["worker-gpu1"]["profiles"]
     assert {"gpus-4"} <= set(raw["services"]["worker-gpu3"]["profiles"])
@@ -133,7 +133,7 @@ def test_dependency_conditions(services: dict) -> None:
         "redis": "service_healthy",
         "migrate": "service_completed_successfully",
     }
-    for name in ("api", *WORKERS):
+    for name in ("api", "reaper", *WORKERS):
         conditions = {dep: spec["condition"] for dep, spec in services[name]["depends_on"].items()}
         assert conditions == after_migrate, name
     assert services["migrate"]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
@@ -145,13 +145,23 @@ def test_dependency_conditions(services: dict) -> None:
 def test_commands_and_images(services: dict) -> None:
     assert services["api"]["command"] == ["flowdppo", "api", "--host", "0.0.0.0", "--port", "8000"]
     assert any(str(port).endswith(":8000/tcp") or str(port).endswith(":8000") for port in services["api"]["ports"])
-    for name in ("migrate", "api"):
+    for name in ("migrate", "api", "reaper"):
         assert services[name]["build"]["target"] == "api"
     for name in WORKERS:
         assert services[name]["build"]["target"] == "worker"
         command = services[name]["command"]
         assert command[:4] == ["flowdppo", "worker", "--gpu", "0"], "the reserved GPU is device 0 in its container"
         assert command[command.index("--queues") + 1] == "train,eval"
+
+
+def test_reaper_runs_without_any_worker(services: dict) -> None:
+    reaper = services["reaper"]
+    assert reaper["command"] == ["flowdppo", "reaper"]
+    assert reaper["image"] == services["api"]["image"], "no GPU needed: the slim image"
+    assert reaper["restart"] == "unless-stopped" and reaper.get("init") is True
+    assert "deploy" not in reaper and not reaper.get("profiles"), "up by default, on any machine"
+    check = reaper["healthcheck"]  # `disable: true`, which docker-compose v1 prints as test: [NONE]
+    assert check.get("disable") is True or check.get("test") == ["NONE"], "the image's check probes an absent API"
 
 
 def test_one_gpu_per_worker(services: dict) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 
 import pytest
 
 from store import artifacts, checkpoints, metrics, runs, teams
 from store.models import Run, utcnow
+from store.session import make_sessionmaker
 
 STALE = timedelta(seconds=60)
 
@@ -188,3 +190,48 @@ def test_stale_takeover_by_another_worker_fences_off_the_old_one(session, team):
     assert (taken.worker, taken.attempt) == ("w2", 2)
     assert not runs.heartbeat(session, run_id=run.id, attempt=1).owned
     assert not runs.finish_run(session, run_id=run.id, status="failed", error="late", attempt=1)
+
+
+def test_fenced_write_lands_only_while_the_attempt_owns_the_run(session, team):
+    run = _run(session, team)
+    runs.claim_run(session, run_id=run.id, worker="w1", stale_after=STALE)
+    with runs.fenced_write(session, run_id=run.id, attempt=1) as writes:
+        assert writes is not None
+        metrics.append_metrics(writes, run_id=run.id, step=1, values={"loss": 1.0})  # commits a savepoint only
+        runs.add_event(writes, run_id=run.id, message="checkpoint at step 1")
+    with pytest.raises(RuntimeError), runs.fenced_write(session, run_id=run.id, attempt=1) as writes:
+        metrics.append_metrics(writes, run_id=run.id, step=2, values={"loss": 2.0})
+        raise RuntimeError("the writer failed half-way")  # nothing of this transaction lands
+    runs.requeue_run(session, run_id=run.id, attempt=1, reason="test")
+    runs.claim_run(session, run_id=run.id, worker="w2", stale_after=STALE)
+    with runs.fenced_write(session, run_id=run.id, attempt=1) as writes:
+        assert writes is None  # attempt 2 runs it now
+    with runs.fenced_write(session, run_id=run.id, attempt=2) as writes:
+        metrics.append_metrics(writes, run_id=run.id, step=3, values={"loss": 3.0})
+    session.rollback()
+    assert [p.step for p in metrics.read_points(session, run_id=run.id, keys=["loss"])] == [1, 3]
+    assert "checkpoint at step 1" in [e.message for e in runs.list_events(session, run_id=run.id)]
+
+
+def test_a_takeover_waits_for_a_fenced_write_in_progress(session, team, db_engine):
+    """The fence holds the run row until its writes commit: a takeover lands after them, never between."""
+    run = _run(session, team)
+    runs.claim_run(session, run_id=run.id, worker="w1", stale_after=STALE)
+    taken = threading.Event()
+
+    def take_over() -> None:
+        with make_sessionmaker(db_engine)() as other:
+            runs.requeue_run(other, run_id=run.id, attempt=1, reason="test")
+        taken.set()
+
+    with runs.fenced_write(session, run_id=run.id, attempt=1) as writes:
+        metrics.append_metrics(writes, run_id=run.id, step=1, values={"loss": 1.0})
+        thread = threading.Thread(target=take_over)
+        thread.start()
+        assert not taken.wait(0.5), "the takeover must wait for the fenced transaction"
+        metrics.append_metrics(writes, run_id=run.id, step=2, values={"loss": 2.0})
+    thread.join(timeout=30)
+    assert taken.is_set()
+    session.rollback()
+    assert [p.step for p in metrics.read_points(session, run_id=run.id, keys=["loss"])] == [1, 2]
+    assert runs.get_run(session, run_id=run.id).attempt == 2

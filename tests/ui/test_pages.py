@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import tarfile
+import time
 from datetime import timedelta
+from pathlib import Path
 
 import gradio as gr
 import pytest
@@ -15,7 +19,7 @@ from store import metrics
 from store import runs as store_runs
 from trainer.config import TrainConfig
 from ui import compare, detail, review, runs, samples, submit
-from ui.app import build_dashboard, latest_group, login
+from ui.app import CACHE_CLEANUP, build_dashboard, latest_group, login
 from ui.common import comparison_choices, run_choices
 
 
@@ -153,6 +157,7 @@ def test_compare_wall_time_axis(services: Services, seeded: tuple) -> None:
     (line,) = [t for t in view.chart.data if t.meta == "smoothed"]
     assert list(line.x) == pytest.approx([s * 1.05 for s in range(1, 61)], abs=1e-3)  # when each step was logged
 
+
 def test_compare_wall_time_axis_is_exact(services: Services, team: Team) -> None:
     # Each bucket's logged wall time, not an interpolation: a pause (a requeue, a slow evaluation) shows where it
     # happened; a run that never started (imported points) counts from its first point.
@@ -209,26 +214,35 @@ def test_blind_review_pairs_votes_and_win_rates(services: Services, seeded: tupl
         review.next_pair(services, owner.token, clip, clip)
 
 
-def test_run_detail_checkpoint_download_and_evaluate(services: Services, seeded: tuple, tmp_path) -> None:
+def test_run_detail_checkpoint_download_and_evaluate(
+    services: Services, seeded: tuple, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     owner, _, (clip, _dppo) = seeded
+    monkeypatch.setattr(detail, "ARCHIVE_DIR", tmp_path / "archives")
     shown = detail.run_detail(services, owner.token, clip)
     assert "succeeded" in shown["header"] and shown["config"]["loss"] == "clip"
     assert "finished 60 steps" in set(shown["events"]["message"])
     (checkpoint_id,) = shown["checkpoints"]["id"]
     archive = detail.download_checkpoint(services, owner.token, clip, str(checkpoint_id))
     assert archive.endswith(".tar")
-    import tarfile
-
     with tarfile.open(archive) as tar:
         assert any(n.endswith("state.json") for n in tar.getnames())
+    stale = tmp_path / "archives" / "run0-step_000001.tar"
+    stale.write_bytes(b"")
+    os.utime(stale, (time.time() - detail.ARCHIVE_MAX_AGE_S - 1,) * 2)
+    assert detail.download_checkpoint(services, owner.token, clip, str(checkpoint_id)) == archive
+    assert list((tmp_path / "archives").iterdir()) == [Path(archive)]  # clicks reuse one file; old ones go
+    assert build_dashboard(services).delete_cache == CACHE_CLEANUP  # Gradio's own copies are deleted too
     message = detail.evaluate(services, owner.token, clip, str(checkpoint_id))
     assert message.startswith("Evaluation run #")
     evals = detail.run_detail(services, owner.token, clip)["evaluations"]
     assert len(evals) == 1 and evals.iloc[0]["status"] == "queued"
 
 
-def test_latest_group_preselects_the_newest_comparison(services: Services, seeded: tuple) -> None:
+def test_latest_group_preselects_the_newest_comparison(services: Services, seeded: tuple, team: Team) -> None:
     owner, group, run_ids = seeded
     compare_group, compare_runs, samples_group, samples_runs = latest_group(services, owner.token)
     assert compare_runs == run_ids == samples_runs
-    assert latest_group(services, "")[0] is not None  # logged out: nothing changes (gr.skip)
+    assert compare_group.value == group == samples_group.value
+    assert latest_group(services, "") == (gr.skip(),) * 4  # logged out: nothing changes
+    assert latest_group(services, team.token) == (gr.skip(),) * 4  # no comparison yet: the pickers stay empty

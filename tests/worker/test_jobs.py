@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
+import time
 from datetime import timedelta
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from sqlalchemy import update
+from sqlalchemy.exc import OperationalError
 
 from store import artifacts, checkpoints, metrics, runs, samples
 from store.models import Run, utcnow
+from trainer.callbacks import Sample
+from trainer.checkpoint import checkpoint_dir, latest_checkpoint
 from worker import jobs, reaper
 
 KEY = "reward/total/mean"  # a spec §7 metric reported at every step
@@ -351,3 +357,77 @@ def test_evaluation_stops_between_batches_and_is_requeued(session, ctx, make_run
     assert batches == [0, 1] and sent == [(run.id, "eval", "queued")]
     assert metrics.latest_metrics(session, run_id=run.id) == {}
     assert _fresh(session, run.id).status == "queued"
+
+
+def test_an_old_attempt_writes_nothing_after_a_takeover(session, ctx, make_run, tiny_config):
+    run = make_run(tiny_config())
+    old = runs.claim_run(session, run_id=run.id, worker=ctx.worker, stale_after=ctx.stale_after)
+    callback = jobs.StoreCallback(ctx, old, progress=lambda step: step / 10)
+    callback.on_metrics(1, {KEY: 1.0})  # while it owns the run
+    # The reaper requeues the run and another worker claims it; the old attempt has not asked should_stop() yet.
+    runs.requeue_run(session, run_id=run.id, attempt=old.attempt, reason="test")
+    runs.claim_run(session, run_id=run.id, worker="other@host", stale_after=ctx.stale_after)
+    folder = checkpoint_dir(artifacts.run_dir(ctx.data_dir, run.id), 2)  # the trainer writes it, then reports it
+    folder.mkdir(parents=True)
+    image = np.zeros((8, 8, 3), dtype=np.uint8)
+    try:
+        callback.on_metrics(2, {KEY: 2.0})
+        callback.on_samples(2, [Sample(prompt="a red circle", seed=0, index=0, image=image)])
+        callback.on_checkpoint(2, folder)
+        assert not callback.owned and callback.should_stop()
+    finally:
+        callback.close()
+    assert _steps(session, run.id) == [1]
+    assert samples.list_samples(session, run_id=run.id) == []
+    assert not (ctx.data_dir / artifacts.sample_relpath(run.id, 2, 0, 0)).exists()
+    assert checkpoints.list_checkpoints(session, run_id=run.id) == []
+    assert not any(e.message.startswith("checkpoint at") for e in runs.list_events(session, run_id=run.id))
+    current = _fresh(session, run.id)
+    assert (current.status, current.worker, current.attempt) == ("running", "other@host", 2)
+
+
+def test_resume_skips_checkpoint_folders_without_a_row(session, ctx, make_run, tiny_config):
+    run = make_run(tiny_config(steps=10))
+    out_dir = artifacts.run_dir(ctx.data_dir, run.id)
+    for step in (2, 4):  # step 4: written by an attempt that was fenced off before it could record it
+        folder = checkpoint_dir(out_dir, step)
+        folder.mkdir(parents=True)
+        (folder / "state.json").write_text(json.dumps({"step": step}))
+    checkpoints.add_checkpoint(
+        session, run_id=run.id, step=2, path=artifacts.relative_to_data(ctx.data_dir, checkpoint_dir(out_dir, 2))
+    )
+    seen = []
+
+    def train_fn(config, callback, *, out_dir, **_kw):
+        seen.append(latest_checkpoint(out_dir))  # what the trainer resumes from
+        return SimpleNamespace(stopped=False)
+
+    assert jobs.run_training(run.id, ctx=ctx, train_fn=train_fn) == jobs.Outcome.SUCCEEDED
+    assert seen == [checkpoint_dir(out_dir, 2)] and not checkpoint_dir(out_dir, 4).exists()
+    session.rollback()  # a fresh read snapshot
+    messages = [e.message for e in runs.list_events(session, run_id=run.id)]
+    assert any(m.startswith("resuming from checkpoint") and m.endswith("step_000002") for m in messages)
+
+
+def test_the_heartbeat_survives_database_errors(session, ctx, make_run, tiny_config, monkeypatch):
+    run = make_run(tiny_config())
+    claimed = runs.claim_run(session, run_id=run.id, worker=ctx.worker, stale_after=ctx.stale_after)
+    session.execute(update(Run).where(Run.id == run.id).values(heartbeat_at=utcnow() - timedelta(minutes=10)))
+    session.commit()
+    real, calls = runs.heartbeat, []
+
+    def flaky(*args, **kwargs):
+        calls.append(len(calls))
+        if len(calls) <= 2:  # the first two beats hit a dropped connection
+            raise OperationalError("UPDATE runs ...", {}, Exception("server closed the connection unexpectedly"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runs, "heartbeat", flaky)
+    callback = SimpleNamespace(owned=True)
+    with jobs.Heartbeat(dataclasses.replace(ctx, heartbeat_seconds=0.05), claimed, callback) as beat:
+        deadline = time.monotonic() + 10
+        while len(calls) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert beat.thread.is_alive(), "a database error must not end the heartbeat thread"
+    assert len(calls) >= 4 and callback.owned
+    assert utcnow() - _fresh(session, run.id).heartbeat_at < timedelta(minutes=1)

@@ -1,0 +1,48 @@
+"""Celery broker transport options, the one definition every Celery app of the platform uses (platform.md "Job
+semantics"): the worker's, the API's producer, the container health check.
+
+Here rather than in worker/ because the API may not import the worker. On Redis, any process whose connection
+drains events (a worker, a `control.ping`, Flower) re-queues every unacknowledged job older than *its own*
+visibility timeout, so a process left at kombu's default (1 h) would hand each longer run to a second worker.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+DEFAULT_VISIBILITY_TIMEOUT = 172_800  # seconds (48 h): above the longest run
+DEFAULT_POLL_SECONDS = 0.5
+
+
+def transport_options(
+    broker_url: str,
+    *,
+    folder: Path | None = None,
+    visibility_timeout: int = DEFAULT_VISIBILITY_TIMEOUT,
+    polling_interval: float = DEFAULT_POLL_SECONDS,
+) -> dict[str, Any]:
+    """`broker_transport_options` for `broker_url`.
+
+    Args:
+        broker_url: filesystem:// (embedded), redis://, rediss:// or sentinel://; other brokers get no options.
+        folder: the filesystem transport's message folder (created here); required for filesystem://.
+        visibility_timeout: Redis: seconds before an unacknowledged job is handed out again.
+        polling_interval: filesystem transport: seconds between polls of the queues.
+    """
+    if broker_url.startswith("filesystem"):
+        if folder is None:
+            raise ValueError(f"broker {broker_url!r}: the filesystem transport needs `folder` (DATA_DIR/broker)")
+        for sub in ("out", "processed", "control"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        return {
+            "data_folder_in": str(folder / "out"),
+            "data_folder_out": str(folder / "out"),
+            "processed_folder": str(folder / "processed"),
+            "control_folder": str(folder / "control"),  # fanout: revoke, ping, inspect
+            "store_processed": False,
+            "polling_interval": polling_interval,
+        }
+    if broker_url.startswith(("redis", "rediss", "sentinel")):
+        return {"visibility_timeout": visibility_timeout}
+    return {}
