@@ -67,7 +67,3 @@ class Settings(BaseSettings):
     def broker_folder(self) -> Path:
         """Where the filesystem transport keeps its messages (embedded mode only)."""
         return self.DATA_DIR / "broker"
-
-    @property
-    def is_embedded(self) -> bool:
-        return self.DATABASE_URL.startswith("sqlite") and self.BROKER_URL.startswith("filesystem")

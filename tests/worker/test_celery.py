@@ -17,13 +17,14 @@ from pathlib import Path
 
 import pytest
 
+from api.services.queue import TaskQueue
+from api.services.workers import list_workers
 from store import checkpoints, metrics, runs, teams
 from store.models import Run
 from store.session import make_sessionmaker
 from worker.celery_app import create_celery_app, enqueue_run
 from worker.launch import start_worker_process
 from worker.settings import WorkerSettings
-from worker.status import list_workers
 
 pytestmark = pytest.mark.slow
 KEY = "reward/total/mean"
@@ -134,7 +135,8 @@ def test_run_succeeds_and_cancels_take_effect(stack, tiny_config):
         assert runs.request_cancel(s, run_id=queued).status == "cancelled"
     stack.wait(long, lambda r: r.status == "running" and r.step >= 1, what="running")
     with stack.sessions() as s:
-        workers = {w.name: w for w in list_workers(s, app=stack.app, timeout=2.0)}
+        team_id = runs.get_run(s, run_id=long).team_id
+        workers = {w.name: w for w in list_workers(s, queue=TaskQueue(stack.app), team_id=team_id, timeout=2.0)}
     assert workers[name].online and workers[name].run_ids == [long] and "train" in workers[name].queues
     with stack.sessions() as s:
         at_cancel = runs.request_cancel(s, run_id=long).step
