@@ -8,7 +8,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 COMPARE_COLUMNS = [  # (header, key, field): the `flowdppo compare` table
     ("reward final", "reward/total/mean", "final"),
@@ -118,13 +121,18 @@ def _serve_workers(host: str, port: int, workers: int, log_level: str) -> None:
     Multiprocess(config, sockets=[sock]).run()
 
 
-def _token_create(args: argparse.Namespace) -> int:
-    from api.services import teams
+def _operator_session() -> Session:
+    """A session on the configured database (DATABASE_URL): token commands are run by the operator, not over REST."""
     from api.settings import Settings
     from store.session import make_sessionmaker
 
-    factory = make_sessionmaker(Settings().DATABASE_URL)
-    with factory() as session:
+    return make_sessionmaker(Settings().DATABASE_URL)()
+
+
+def _token_create(args: argparse.Namespace) -> int:
+    from api.services import teams
+
+    with _operator_session() as session:
         created = teams.create_token(session, team_name=args.team, admin=args.admin)
     print(
         f"token for team {created.team.name!r}{' (admin)' if created.is_admin else ''}; shown once:", file=sys.stderr
@@ -139,12 +147,9 @@ def _token_list(args: argparse.Namespace) -> int:
 
     from api.services import teams
     from api.services.errors import NotFoundError
-    from api.settings import Settings
-    from store.session import make_sessionmaker
 
-    factory = make_sessionmaker(Settings().DATABASE_URL)
     try:
-        with factory() as session:
+        with _operator_session() as session:
             tokens = teams.list_tokens(session, team_name=args.team)
     except NotFoundError as err:
         return _fail(err)
@@ -159,12 +164,9 @@ def _token_list(args: argparse.Namespace) -> int:
 def _token_revoke(args: argparse.Namespace) -> int:
     from api.services import teams
     from api.services.errors import NotFoundError
-    from api.settings import Settings
-    from store.session import make_sessionmaker
 
-    factory = make_sessionmaker(Settings().DATABASE_URL)
     try:
-        with factory() as session:
+        with _operator_session() as session:
             token = teams.revoke_token(session, token_id=args.token_id)
     except NotFoundError as err:
         return _fail(err)
