@@ -25,7 +25,8 @@ WORKER_COLUMNS = ["worker", "state", "queues", "your runs"]
 # Gradio copies a returned file into its own cache (cleaned by the Blocks' delete_cache, ui/app.py), so an archive
 # here is only needed until the handler returns; one folder, one file per checkpoint, pruned by age on every click.
 # In the system temp folder because Gradio serves files only from there, the working folder or allowed_paths.
-ARCHIVE_DIR = Path(tempfile.gettempdir()) / "flowdppo-checkpoint-archives"
+# One folder per user (mode 0700): on a shared host another user can neither block it nor read the archives.
+ARCHIVE_DIR = Path(tempfile.gettempdir()) / f"flowdppo-checkpoint-archives-{os.getuid()}"
 ARCHIVE_MAX_AGE_S = 3600
 
 
@@ -104,7 +105,7 @@ def download_checkpoint(services: Services, token: str | None, run_id: int | Non
         )
     if path.is_file():
         return str(path)
-    ARCHIVE_DIR.mkdir(exist_ok=True)
+    ARCHIVE_DIR.mkdir(mode=0o700, exist_ok=True)
     prune_archives(max_age_s=ARCHIVE_MAX_AGE_S)
     out = ARCHIVE_DIR / f"run{row.id}-{path.name}.tar"
     # written under a unique name, then renamed: a concurrent click for the same checkpoint never reads half a tar

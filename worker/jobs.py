@@ -95,11 +95,14 @@ class StoreCallback:
         self._beat(step)
 
     def on_samples(self, step: int, images: list[Sample]) -> None:
+        if not self.owned:
+            return
+        # The image files are written before the fence, not holding the database's write lock (SQLite) while PNGs
+        # encode; a fenced-off attempt may still write a step's files, which the owner rewrites the same (same seed).
+        rows = [self._save_sample(step, s) for s in images]
         with self._fenced() as writes:
             if writes is None:
                 return
-            # The images too are written under the fence: the next attempt writes the same paths for this step.
-            rows = [self._save_sample(step, s) for s in images]
             samples.add_samples(writes, run_id=self.run_id, samples=rows)
         self.samples_logged += len(rows)
 
@@ -176,12 +179,12 @@ def run_training(run_id: int, *, ctx: JobContext, train_fn: Callable[..., Any] |
         from trainer.train import train as train_fn
 
     out_dir = artifacts.run_dir(ctx.data_dir, run.id)
-    resume_from = _recorded_checkpoint(ctx, run.id, out_dir)
-    if resume_from is not None:
-        _event(ctx, run.id, f"resuming from checkpoint {artifacts.relative_to_data(ctx.data_dir, resume_from)}")
     total = max(1, run.total_steps or config.steps)
     callback = StoreCallback(ctx, run, progress=lambda step: step / total)
     try:
+        resume_from = _recorded_checkpoint(ctx, run.id, out_dir)
+        if resume_from is not None:
+            _event(ctx, run.id, f"resuming from checkpoint {artifacts.relative_to_data(ctx.data_dir, resume_from)}")
         with Heartbeat(ctx, run, callback):
             result = train_fn(config, callback, out_dir=out_dir, device=ctx.device, resume=True)
     except Exception as err:  # the job boundary: any trainer error becomes the run's error, shown in the UI

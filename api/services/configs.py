@@ -8,7 +8,6 @@ fails to parse ends up in the run's error, readable by the team that submitted i
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,9 +17,7 @@ from pydantic import ValidationError
 from api.schemas import PresetPublic
 from api.services.errors import InvalidConfigError
 from trainer.config import EvalConfig, TrainConfig
-
-# What trainer/models/lora.py (_HUB_ID) loads from the hub rather than from disk: "org/name".
-HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+from trainer.models.lora import is_hub_id
 
 
 def list_presets() -> list[PresetPublic]:
@@ -105,7 +102,7 @@ def _input_paths(config: TrainConfig) -> list[tuple[tuple[Any, ...], str | None]
     """(field path, file path) for every file the worker would read for `config`; None where it reads none."""
     found = [((name,), _prompt_file(getattr(config, name))) for name in ("train_prompts", "eval_prompts")]
     model_path = config.model_path
-    hub = model_path is not None and config.model != "builtin" and _is_hub_id(model_path)  # builtin reads a file
+    hub = model_path is not None and config.model != "builtin" and is_hub_id(model_path)  # builtin reads a file
     found.append((("model_path",), None if hub else model_path))
     for i, reward in enumerate(config.rewards):
         for key, value in reward.options.items():
@@ -117,10 +114,6 @@ def _input_paths(config: TrainConfig) -> list[tuple[tuple[Any, ...], str | None]
 def _prompt_file(spec: str) -> str | None:
     scheme, _, rest = spec.partition(":")
     return rest if scheme == "file" else None
-
-
-def _is_hub_id(value: str) -> bool:
-    return HUB_ID.match(value) is not None and not {".", ".."} & set(value.split("/"))
 
 
 def _raise_outside(
@@ -138,6 +131,8 @@ def _raise_outside(
 def _outside_roots(value: str, roots: Sequence[Path]) -> str | None:
     """Why `value` may not be read (None if it may): it must be absolute and resolve inside one of `roots`."""
     allowed = ", ".join(str(root) for root in roots) or "none configured"
+    if "\x00" in value:  # no file has such a name; os.path.realpath would raise
+        return f"path {value!r} contains a NUL character: no file under INPUT_ROOTS ({allowed}) has that name"
     if not os.path.isabs(value):
         return f"path {value!r} must be absolute and inside one of INPUT_ROOTS ({allowed})"
     # realpath: "/models/../etc" and links pointing out of a root resolve to where they really lead.

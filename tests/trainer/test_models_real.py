@@ -267,11 +267,17 @@ def test_bad_lora_targets_and_resolution_are_refused():
 
 
 @pytest.mark.parametrize("placement", ["offload", "cpu"])
-def test_text_encoder_placements_give_the_same_embeddings(placement):
+def test_text_encoder_placements_give_the_same_embeddings(placement, monkeypatch):
+    from trainer.models import pipeline
+
     build, load = FAMILIES["sd3"]
     moved = load(make_config("sd3"), "cpu", pipeline=build(0), max_sequence_length=SEQ, text_encoders=placement)
     expected = make_model("sd3").encode_prompts(PROMPTS)
+    placed = []
+    monkeypatch.setattr(pipeline, "_place", lambda module, *args: placed.append(module) or module.to(*args))
     got = moved.encode_prompts(PROMPTS)
+    # "offload" brings each encoder to the device once for the whole batch of new prompts, not once per prompt
+    assert len(placed) == (len(moved._text_encoder_modules()) if placement == "offload" else 0)
     for key in expected:
         torch.testing.assert_close(got[key], expected[key])
     with pytest.raises(ValueError, match="text_encoders must be one of"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -27,20 +27,29 @@ class PromptCache:
     Each prompt is encoded on its own: an embedding batched with other prompts differs in the last bits, so it
     would depend on which prompts came first, and a resumed run would not repeat the uninterrupted one. SD3's
     embeddings are ~(333, 4096) per prompt: a few MB each, so thousands of prompts live on the CPU and only the
-    rows of the current batch go to the GPU.
+    rows of the current batch go to the GPU. `placement` is entered once around each batch of new prompts (e.g. to
+    bring offloaded text encoders to the GPU once, not once per prompt).
     """
 
-    def __init__(self, encode: Callable[[list[str]], PromptEmbeds], storage: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        encode: Callable[[list[str]], PromptEmbeds],
+        storage: str | torch.device = "cpu",
+        placement: Callable[[], AbstractContextManager[Any]] = nullcontext,
+    ):
         self._encode = encode
+        self._placement = placement
         self._rows: dict[str, PromptEmbeds] = {}
         self.storage = torch.device(storage)
 
     def get(self, prompts: list[str], device: torch.device) -> PromptEmbeds:
         """Embeddings of `prompts` (B rows, in order) on `device`; encodes the prompts not seen before."""
-        for prompt in dict.fromkeys(p for p in prompts if p not in self._rows):
-            with torch.no_grad():
-                embeds = self._encode([prompt])
-            self._rows[prompt] = {k: v[0].to(self.storage) for k, v in embeds.items()}
+        new = list(dict.fromkeys(p for p in prompts if p not in self._rows))
+        if new:
+            with self._placement(), torch.no_grad():
+                for prompt in new:
+                    embeds = self._encode([prompt])
+                    self._rows[prompt] = {k: v[0].to(self.storage) for k, v in embeds.items()}
         keys = self._rows[prompts[0]].keys()
         return {k: torch.stack([self._rows[p][k] for p in prompts]).to(device) for k in keys}
 

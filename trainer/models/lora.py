@@ -30,6 +30,12 @@ except ImportError:
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")  # "org/name", the only form of a hub id
 
 
+def is_hub_id(model_path: str) -> bool:
+    """True for "org/name": asked of the hub (or its cache), never read from disk. A local directory of that shape
+    is written "./org/name"; "." and ".." are path parts, never hub names."""
+    return _HUB_ID.match(model_path) is not None and not {".", ".."} & set(model_path.split("/"))
+
+
 def compute_dtype(mixed_precision: str, device: torch.device) -> torch.dtype:
     """The dtype the transformer runs (and samples are stored) in: float32 on CPU whatever the config says.
 
@@ -47,7 +53,9 @@ def pretrained_kwargs(model_path: str | None, family: str, example: str) -> dict
     """Validate `model_path` before diffusers sees it and decide whether the hub may be asked.
 
     A directory is read with local_files_only=True (no network ever), as is anything when HF_HUB_OFFLINE is set.
-    A path that looks local but does not exist fails here, with the command that fixes it.
+    A path that looks local but does not exist fails here, with the command that fixes it. An "org/name" value is
+    always a hub id (`is_hub_id`), even where a relative folder of that name exists: what the platform's API lets
+    through as a hub id is never read from the worker's disk.
     """
     how = (
         f"download the weights once on a machine with internet, e.g. `huggingface-cli download {example} "
@@ -55,11 +63,11 @@ def pretrained_kwargs(model_path: str | None, family: str, example: str) -> dict
     )
     if not model_path:
         raise ValueError(f"model_path is required for model={family!r}: {how}")
-    path = Path(model_path).expanduser()
-    if path.is_dir():
+    if not is_hub_id(model_path):
+        path = Path(model_path).expanduser()
+        if not path.is_dir():
+            raise FileNotFoundError(f"model_path {model_path!r} for model={family!r} is not a directory: {how}")
         return {"pretrained_model_name_or_path": str(path), "local_files_only": True}
-    if path.exists() or not _HUB_ID.match(model_path):
-        raise FileNotFoundError(f"model_path {model_path!r} for model={family!r} is not a directory: {how}")
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
     return {"pretrained_model_name_or_path": model_path, "local_files_only": offline}
 
@@ -116,7 +124,7 @@ def add_lora(
     config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=list(target_modules))
     transformer.requires_grad_(False)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.random.default_generator.manual_seed(seed)  # the CPU generator only: CUDA's stays as it was
         transformer.add_adapter(config)  # diffusers' PeftAdapterMixin: the layout `load_lora_weights` reads back
     params = [p for n, p in transformer.named_parameters() if "lora_" in n]
     for p in params:

@@ -152,7 +152,9 @@ class DiffusersFlowModel(FlowModel):
         if gradient_checkpointing:
             self.transformer.enable_gradient_checkpointing()
         self.transformer.train(False)
-        self.prompt_cache = PromptCache(self._encode_on_encoder_device)
+        self.prompt_cache = PromptCache(
+            lambda prompts: self._encode(prompts, self._encoder_device()), placement=self._text_encoders_placed
+        )
 
     @classmethod
     def from_pipeline(
@@ -271,19 +273,28 @@ class DiffusersFlowModel(FlowModel):
         return self
 
     # --- text encoders ---
-    def _encode_on_encoder_device(self, prompts: list[str]) -> PromptEmbeds:
+    def _encoder_device(self) -> torch.device:
+        """Where the text encoders compute: the model device under "offload" (inside _text_encoders_placed)."""
+        if self.text_encoders == "offload":
+            return self.device
+        return next(self._text_encoder_modules()[0].parameters()).device
+
+    @contextmanager
+    def _text_encoders_placed(self) -> Iterator[None]:
+        """The text encoders ready to encode; "offload" moves them to the device once for a whole batch of prompts."""
         if self._text_encoders_freed:
             raise RuntimeError(
-                f"prompts {prompts[:3]} are not in the prompt cache and the text encoders were freed by "
-                f"free_text_encoders(); encode every prompt (and '' for CFG) before freeing them"
+                "new prompts are not in the prompt cache and the text encoders were freed by free_text_encoders(); "
+                "encode every prompt (and '' for CFG) before freeing them"
             )
-        encoders = self._text_encoder_modules()
         if self.text_encoders != "offload":
-            return self._encode(prompts, next(encoders[0].parameters()).device)
+            yield
+            return
+        encoders = self._text_encoder_modules()
         for encoder in encoders:
             _place(encoder, self.device, self.dtype)
         try:
-            return self._encode(prompts, self.device)
+            yield
         finally:
             for encoder in encoders:
                 encoder.to("cpu")

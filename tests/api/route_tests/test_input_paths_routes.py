@@ -9,8 +9,6 @@ from pathlib import Path
 import pytest
 from api_helpers import API, TINY
 
-from api.services.configs import HUB_ID
-
 
 @pytest.fixture
 def inputs(tmp_path, monkeypatch, services):
@@ -42,6 +40,7 @@ def _refused(client, services, team, body, loc, path="runs"):
         ({"eval_prompts": "file:/models/../proc/self/environ"}, ("overrides", "eval_prompts")),
         ({"eval_prompts": "file:prompts.txt"}, ("overrides", "eval_prompts")),  # relative: read who knows where
         ({"model_path": "/etc"}, ("overrides", "model_path")),
+        ({"train_prompts": "file:/models/a\x00b"}, ("overrides", "train_prompts")),
         ({"model": "sd3", "model_path": "../sd3"}, ("overrides", "model_path")),  # not a hub id
         (
             {"rewards": [{"name": "clip_score", "options": {"path": "/srv/other-team/clip"}}]},
@@ -82,7 +81,13 @@ def test_comparison_variants_and_evaluations_are_checked_too(client, services, t
     _refused(client, services, team, body, ("overrides", "prompts"), path=f"runs/{created.json()['id']}/evaluate")
 
 
-def test_hub_ids_are_recognised_as_the_trainer_recognises_them():
-    from trainer.models.lora import _HUB_ID
+def test_a_hub_id_is_never_read_from_the_workers_disk(tmp_path, monkeypatch):
+    # The API lets "org/name" through as a hub id; the trainer must then ask the hub, not a folder of that name.
+    from trainer.models.lora import pretrained_kwargs
 
-    assert HUB_ID.pattern == _HUB_ID.pattern
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "inputs").mkdir(parents=True)
+    kwargs = pretrained_kwargs("data/inputs", "sd3", "stabilityai/stable-diffusion-3.5-medium")
+    assert kwargs["pretrained_model_name_or_path"] == "data/inputs"  # a hub id, not str(tmp_path / "data/inputs")
+    local = pretrained_kwargs("./data/inputs", "sd3", "stabilityai/stable-diffusion-3.5-medium")
+    assert local == {"pretrained_model_name_or_path": "data/inputs", "local_files_only": True}
