@@ -282,43 +282,48 @@ def heartbeat(
     session: Session, *, run_id: int, attempt: int, step: int | None = None, progress: float | None = None
 ) -> Beat:
     """Record liveness (and step/progress). owned=False means the run was requeued or finished elsewhere."""
-    begin_write(session)
-    values: dict[str, Any] = {"heartbeat_at": utcnow()}
-    if step is not None:
-        values["step"] = step
-    if progress is not None:
-        values["progress"] = min(max(float(progress), 0.0), 1.0)
-    row = session.execute(
-        update(Run)
-        .where(Run.id == run_id, Run.status == "running", Run.attempt == attempt)
-        .values(**values)
-        .returning(Run.cancel_requested)
-        .execution_options(synchronize_session="fetch")
-    ).first()
+    row = _touch(session, run_id=run_id, attempt=attempt, step=step, progress=progress)
     session.commit()
     if row is None:
         return Beat(owned=False, cancel_requested=is_cancel_requested(session, run_id=run_id))
     return Beat(owned=True, cancel_requested=bool(row[0]))
 
 
+def _touch(
+    session: Session, *, run_id: int, attempt: int, step: int | None = None, progress: float | None = None
+) -> Row[Any] | None:
+    """The owning attempt's update of its run row (liveness, step/progress), in an open write transaction.
+
+    Returns (cancel_requested,), or None when `attempt` no longer runs the run.
+    """
+    begin_write(session)
+    values: dict[str, Any] = {"heartbeat_at": utcnow()}
+    if step is not None:
+        values["step"] = step
+    if progress is not None:
+        values["progress"] = min(max(float(progress), 0.0), 1.0)
+    return session.execute(
+        update(Run)
+        .where(Run.id == run_id, Run.status == "running", Run.attempt == attempt)
+        .values(**values)
+        .returning(Run.cancel_requested)
+        .execution_options(synchronize_session="fetch")
+    ).first()
+
+
 @contextmanager
-def fenced_write(session: Session, *, run_id: int, attempt: int) -> Iterator[Session | None]:
+def fenced_write(
+    session: Session, *, run_id: int, attempt: int, step: int | None = None, progress: float | None = None
+) -> Iterator[Session | None]:
     """A session for a worker's writes (metrics, samples, checkpoints, events) that land only while `attempt` still
     runs the run; None when it does not (the run was requeued, taken over, finished or deleted).
 
-    One transaction: it starts by touching the run row where status is running and attempt matches, which locks
-    the row (PostgreSQL) or the database (SQLite) until the writes commit, so a takeover (claim_run, requeue_run)
-    lands either before the check, and nothing is written, or after the writes. Store write functions commit as
-    usual on the yielded session; their commits only release savepoints of this transaction.
+    One transaction: it starts with the heartbeat's update of the run row (step/progress included when given), which
+    locks the row (PostgreSQL) or the database (SQLite) until the writes commit, so a takeover (claim_run,
+    requeue_run) lands either before the check, and nothing is written, or after the writes. Store write functions
+    commit as usual on the yielded session; their commits only release savepoints of this transaction.
     """
-    begin_write(session)
-    owned = session.execute(
-        update(Run)
-        .where(Run.id == run_id, Run.status == "running", Run.attempt == attempt)
-        .values(heartbeat_at=utcnow())
-        .execution_options(synchronize_session=False)
-    )
-    if owned.rowcount != 1:
+    if _touch(session, run_id=run_id, attempt=attempt, step=step, progress=progress) is None:
         session.rollback()
         yield None
         return

@@ -22,6 +22,12 @@ def check_prompt_spec(spec: str) -> str:
     return spec
 
 
+def prompt_file(spec: str) -> str | None:
+    """The path a "file:<path>" prompt set reads (as written, before `~` expansion); None for the built-in sets."""
+    scheme, _, rest = check_prompt_spec(spec).partition(":")
+    return rest if scheme == "file" else None
+
+
 def load_prompts(spec: str) -> list[str]:
     """Load the prompt set named by `spec`.
 
@@ -35,10 +41,10 @@ def load_prompts(spec: str) -> list[str]:
     Raises:
         ValueError: for an unknown scheme or split, a missing or unreadable file (naming the path), or an empty set.
     """
-    scheme, _, rest = check_prompt_spec(spec).partition(":")
-    if scheme == "shapes":
-        return prompt_split(rest)
-    path = Path(rest).expanduser()
+    file = prompt_file(spec)
+    if file is None:
+        return prompt_split(spec.partition(":")[2])
+    path = Path(file).expanduser()
     if not path.is_file():
         raise ValueError(f"prompt set {spec!r}: prompt file {str(path)!r} does not exist or is not a file")
     try:

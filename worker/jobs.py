@@ -70,29 +70,31 @@ class StoreCallback:
         self.owned, self.cancel_requested, self.preempted = True, False, False
         self.samples_logged = 0
 
-    def _beat(self, step: int | None = None) -> None:
-        progress = None if step is None else self.progress(step)
-        beat = runs.heartbeat(self.session, run_id=self.run_id, attempt=self.attempt, step=step, progress=progress)
+    def _beat(self) -> None:
+        beat = runs.heartbeat(self.session, run_id=self.run_id, attempt=self.attempt)
         self.owned = self.owned and beat.owned
         self.cancel_requested = self.cancel_requested or beat.cancel_requested
 
     @contextmanager
-    def _fenced(self) -> Iterator[Session | None]:
-        """A session whose writes land only while this attempt owns the run (store.runs.fenced_write); None once
-        another attempt took the run over, then every later report is dropped as well."""
+    def _fenced(self, step: int | None = None) -> Iterator[Session | None]:
+        """A session whose writes land only while this attempt owns the run (store.runs.fenced_write, which also
+        records liveness and `step`'s progress); None once another attempt took the run over, then every later
+        report is dropped as well."""
         if not self.owned:
             yield None
             return
-        with runs.fenced_write(self.session, run_id=self.run_id, attempt=self.attempt) as writes:
+        progress = None if step is None else self.progress(step)
+        with runs.fenced_write(
+            self.session, run_id=self.run_id, attempt=self.attempt, step=step, progress=progress
+        ) as writes:
             self.owned = writes is not None
             yield writes
 
     def on_metrics(self, step: int, metrics_: dict[str, float]) -> None:
-        with self._fenced() as writes:
+        with self._fenced(step) as writes:  # the step's heartbeat too; should_stop() reads the cancel flag
             if writes is None:
                 return  # a requeued attempt owns the run's rows now
             metrics.append_metrics(writes, run_id=self.run_id, step=step, values=metrics_)
-        self._beat(step)
 
     def on_samples(self, step: int, images: list[Sample]) -> None:
         if not self.owned:

@@ -18,6 +18,7 @@ from api.schemas import PresetPublic
 from api.services.errors import InvalidConfigError
 from trainer.config import EvalConfig, TrainConfig
 from trainer.models.lora import is_hub_id
+from trainer.prompts import prompt_file
 
 
 def list_presets() -> list[PresetPublic]:
@@ -78,7 +79,7 @@ def resolve_eval_config(
     except ValidationError as err:
         raise InvalidConfigError(validation_errors(err, loc=loc)) from err
     if config.prompts is not None:  # the train config's paths were checked when its run was submitted
-        _raise_outside([(("prompts",), _prompt_file(config.prompts))], roots=input_roots, loc=loc)
+        _raise_outside([(("prompts",), prompt_file(config.prompts))], roots=input_roots, loc=loc)
     return config
 
 
@@ -100,7 +101,7 @@ def check_input_paths(
 
 def _input_paths(config: TrainConfig) -> list[tuple[tuple[Any, ...], str | None]]:
     """(field path, file path) for every file the worker would read for `config`; None where it reads none."""
-    found = [((name,), _prompt_file(getattr(config, name))) for name in ("train_prompts", "eval_prompts")]
+    found = [((name,), prompt_file(getattr(config, name))) for name in ("train_prompts", "eval_prompts")]
     model_path = config.model_path
     hub = model_path is not None and config.model != "builtin" and is_hub_id(model_path)  # builtin reads a file
     found.append((("model_path",), None if hub else model_path))
@@ -109,11 +110,6 @@ def _input_paths(config: TrainConfig) -> list[tuple[tuple[Any, ...], str | None]
             if key == "path" or key.endswith("_path"):
                 found.append((("rewards", i, "options", key), str(value)))
     return found
-
-
-def _prompt_file(spec: str) -> str | None:
-    scheme, _, rest = spec.partition(":")
-    return rest if scheme == "file" else None
 
 
 def _raise_outside(

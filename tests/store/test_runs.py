@@ -195,10 +195,12 @@ def test_stale_takeover_by_another_worker_fences_off_the_old_one(session, team):
 def test_fenced_write_lands_only_while_the_attempt_owns_the_run(session, team):
     run = _run(session, team)
     runs.claim_run(session, run_id=run.id, worker="w1", stale_after=STALE)
-    with runs.fenced_write(session, run_id=run.id, attempt=1) as writes:
+    with runs.fenced_write(session, run_id=run.id, attempt=1, step=1, progress=0.25) as writes:
         assert writes is not None
         metrics.append_metrics(writes, run_id=run.id, step=1, values={"loss": 1.0})  # commits a savepoint only
         runs.add_event(writes, run_id=run.id, message="checkpoint at step 1")
+    session.expire_all()
+    assert (runs.get_run(session, run_id=run.id).step, runs.get_run(session, run_id=run.id).progress) == (1, 0.25)
     with pytest.raises(RuntimeError), runs.fenced_write(session, run_id=run.id, attempt=1) as writes:
         metrics.append_metrics(writes, run_id=run.id, step=2, values={"loss": 2.0})
         raise RuntimeError("the writer failed half-way")  # nothing of this transaction lands

@@ -37,6 +37,9 @@ def test_spec_defaults():
         ({"sde_window": (0.6, 0.2)}, "sde_window"),
         ({"adam_betas": (0.9, 1.0)}, "adam_betas"),
         ({"advantage_clip": -1.0}, "advantage_clip"),
+        ({"rewards": [{"name": "pickscore", "options": {"pth": "/models/p"}}]}, "rewards.0"),  # unknown option
+        ({"rewards": [{"name": "shapes"}, {"name": "remote", "weight": 0}]}, "rewards.1"),  # no url
+        ({"rewards": [{"name": "nope"}]}, "rewards.0"),
     ],
 )
 def test_bad_values_are_refused_with_the_field_named(overrides, field):
