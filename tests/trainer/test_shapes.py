@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import time
 
 import numpy as np
 import pytest
@@ -135,20 +134,6 @@ def test_render_rejects_bad_prompts_and_resolutions():
         render(["a red blob"], np.random.default_rng(0))
     with pytest.raises(ValueError, match="resolution=4"):
         render(all_prompts()[:1], np.random.default_rng(0), resolution=4)
-
-
-def test_render_is_fast():
-    prompts = (all_prompts() * 3)[:256]
-    rng = np.random.default_rng(0)
-    render(prompts, rng)
-    best = min(_timed(lambda: render(prompts, rng)) for _ in range(5))  # best of 5: robust to a busy CI machine
-    assert best < 0.05, f"render of 256 images took {best * 1000:.1f} ms"
-
-
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 # --- prompt sets ---

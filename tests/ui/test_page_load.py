@@ -1,13 +1,9 @@
-"""A Compare page of 6 runs x 10k steps opens in under a second: every function the page calls on opening
-(metrics charts, reward vs KL, summary, config diff, sample grid, runs table), timed together on SQLite.
-
-Points are written through store/ functions; charts read the downsampled series (at most compare.MAX_POINTS per
-series) and images are the stored thumbnails.
+"""A Compare page of 6 runs x 10k steps: every function the page calls on opening (metrics charts, reward vs KL,
+summary, config diff, sample grid, runs table) reads downsampled series (at most compare.MAX_POINTS per series)
+and the stored thumbnails. How fast it opens (target: under a second) is measured by bench/page_load.py.
 """
 
 from __future__ import annotations
-
-import time
 
 import pytest
 from ui_seed import make_team, seed_comparison
@@ -17,14 +13,14 @@ from ui import compare, runs, samples
 
 pytestmark = pytest.mark.slow
 
-RUNS, STEPS, BUDGET_S = 6, 10_000, 1.0
+RUNS, STEPS = 6, 10_000
 CHART_KEYS = (
     "reward/total/mean", "kl_old/mean", "kl_ref/mean", "mask/fraction", "clip/fraction", "ratio/min", "ratio/max",
     "grad_norm",
 )  # fmt: skip
 
 
-def test_compare_and_samples_of_6_runs_x_10k_steps_open_in_under_a_second(services: Services) -> None:
+def test_compare_and_samples_of_6_runs_x_10k_steps_read_downsampled_series(services: Services) -> None:
     with services.session() as session:
         team = make_team(session)
         variants = ("clip", "dppo", "cps-clip", "cps-dppo", "b-clip", "b-dppo")[:RUNS]
@@ -33,20 +29,9 @@ def test_compare_and_samples_of_6_runs_x_10k_steps_open_in_under_a_second(servic
             sample_every=2_500, keys=CHART_KEYS,
         )  # fmt: skip
     keys = [k for k in compare.DEFAULT_KEYS if k != "approx_kl"]
-    compare.compare_view(services, team.token, run_ids, keys)  # warm caches (imports, statement cache)
-    walls, cpus = [], []
-    for _ in range(3):
-        wall, cpu = time.perf_counter(), time.process_time()
-        view = compare.compare_view(services, team.token, run_ids, keys, 0.6, "step")
-        grid = samples.grid_html(*samples.sample_grid(services, team.token, run_ids, None))
-        table = runs.runs_table(services, team.token)
-        walls.append(time.perf_counter() - wall)
-        cpus.append(time.process_time() - cpu)
-    print(f"\n{RUNS} runs x {STEPS} steps: Compare + Samples + Runs in {min(walls) * 1000:.0f} ms wall, "  # noqa: T201
-          f"{min(cpus) * 1000:.0f} ms CPU (best of 3)")  # fmt: skip
-    # The budget is on CPU time (SQLite runs in this process): on shared CI cores the wall clock also counts
-    # other jobs' time slices. The wall clock gets a loose bound so a real regression still fails.
-    assert min(cpus) < BUDGET_S and min(walls) < 3 * BUDGET_S, (walls, cpus)
+    view = compare.compare_view(services, team.token, run_ids, keys, 0.6, "step")
+    grid = samples.grid_html(*samples.sample_grid(services, team.token, run_ids, None))
+    table = runs.runs_table(services, team.token)
     points = max(len(t.x) for t in view.chart.data)
     assert points <= compare.MAX_POINTS and points >= compare.MAX_POINTS * 0.9  # downsampled, not truncated
     assert view.chart.data[0].x[-1] == STEPS
