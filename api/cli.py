@@ -248,9 +248,15 @@ def _runs(args: argparse.Namespace) -> int:
     for run in page.data:
         status = run.status + (" (cancelling)" if run.cancel_requested and run.status == "running" else "")
         table.add_row(
-            str(run.id), run.name, run.kind, status, f"{run.step}/{run.total_steps}", f"{run.progress:.0%}",
-            run.created_at.strftime("%Y-%m-%d %H:%M"), run.worker or "",
-        )  # fmt: skip
+            str(run.id),
+            run.name,
+            run.kind,
+            status,
+            f"{run.step}/{run.total_steps}",
+            f"{run.progress:.0%}",
+            run.created_at.strftime("%Y-%m-%d %H:%M"),
+            run.worker or "",
+        )
     Console().print(table)
     if page.next_cursor:
         print(f"more: --limit {args.limit * 2}", file=sys.stderr)
@@ -263,8 +269,13 @@ def _watch(args: argparse.Namespace) -> int:
 
     from api.client import ApiError
 
-    columns = [TextColumn("run {task.fields[run]} [bold]{task.fields[status]}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("reward {task.fields[reward]}"), TimeElapsedColumn()]  # fmt: skip
+    columns = [
+        TextColumn("run {task.fields[run]} [bold]{task.fields[status]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("reward {task.fields[reward]}"),
+        TimeElapsedColumn(),
+    ]
     final = "unknown"
     try:
         with _client(args) as client, Progress(*columns) as progress:

@@ -160,8 +160,15 @@ class Client:
         cursor: str | None = None,
         limit: int = 50,
     ) -> RunsPublic:
-        params = {"status": status, "kind": kind, "tag": tag, "comparison_id": comparison_id,
-                  "parent_run_id": parent_run_id, "cursor": cursor, "limit": limit}  # fmt: skip
+        params = {
+            "status": status,
+            "kind": kind,
+            "tag": tag,
+            "comparison_id": comparison_id,
+            "parent_run_id": parent_run_id,
+            "cursor": cursor,
+            "limit": limit,
+        }
         return self._get("/runs", RunsPublic, params=params)
 
     def iter_runs(self, **filters: Any) -> Iterator[RunListItem]:
@@ -270,8 +277,14 @@ class Client:
         name: str = "",
         tags: Sequence[str] = (),
     ) -> ComparisonPublic:
-        body = {"variants": variants, "preset": preset, "config": config, "overrides": overrides or {},
-                "name": name, "tags": list(tags)}  # fmt: skip
+        body = {
+            "variants": variants,
+            "preset": preset,
+            "config": config,
+            "overrides": overrides or {},
+            "name": name,
+            "tags": list(tags),
+        }
         return self._post("/comparisons", ComparisonPublic, body)
 
     def list_comparisons(self, *, limit: int = 100) -> ComparisonsPublic:
@@ -293,8 +306,12 @@ class Client:
     def vote(
         self, left_sample_id: int, right_sample_id: int, choice: str, *, reviewer: str = "anonymous"
     ) -> VotePublic:
-        body = {"left_sample_id": left_sample_id, "right_sample_id": right_sample_id, "choice": choice,
-                "reviewer": reviewer}  # fmt: skip
+        body = {
+            "left_sample_id": left_sample_id,
+            "right_sample_id": right_sample_id,
+            "choice": choice,
+            "reviewer": reviewer,
+        }
         return self._post("/reviews/votes", VotePublic, body)
 
     def win_rates(self, run_ids: Sequence[int] | None = None) -> list[WinRate]:

@@ -100,9 +100,15 @@ def training_cases(device: torch.device, steps: int, precision: str) -> list[dic
         print(f"skipped builtin shapes-dppo: {err}")
 
     tiny = dict(
-        SMALL, steps=steps, resolution=RESOLUTION, model_path="/unused", lora_rank=8, lora_alpha=16.0,
-        mixed_precision=precision, rewards=[{"name": "shapes"}],
-    )  # fmt: skip
+        SMALL,
+        steps=steps,
+        resolution=RESOLUTION,
+        model_path="/unused",
+        lora_rank=8,
+        lora_alpha=16.0,
+        mixed_precision=precision,
+        rewards=[{"name": "shapes"}],
+    )
     variants = [
         ("tiny sd3 lora dppo", "sd3", {}),
         ("tiny sd3 lora clip", "sd3", {"loss": "clip"}),
@@ -125,14 +131,32 @@ def training_cases(device: torch.device, steps: int, precision: str) -> list[dic
 
 # --- real sizes: one transformer, random bf16 weights, no text encoders or VAE (their cost is in the docs) ---
 SD35_MEDIUM = dict(
-    sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64, num_attention_heads=24,
-    joint_attention_dim=4096, caption_projection_dim=1536, pooled_projection_dim=2048, out_channels=16,
-    pos_embed_max_size=384, dual_attention_layers=tuple(range(13)), qk_norm="rms_norm",
-)  # fmt: skip
+    sample_size=128,
+    patch_size=2,
+    in_channels=16,
+    num_layers=24,
+    attention_head_dim=64,
+    num_attention_heads=24,
+    joint_attention_dim=4096,
+    caption_projection_dim=1536,
+    pooled_projection_dim=2048,
+    out_channels=16,
+    pos_embed_max_size=384,
+    dual_attention_layers=tuple(range(13)),
+    qk_norm="rms_norm",
+)
 FLUX_DEV = dict(
-    patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128, num_attention_heads=24,
-    joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=(16, 56, 56),
-)  # fmt: skip
+    patch_size=1,
+    in_channels=64,
+    num_layers=19,
+    num_single_layers=38,
+    attention_head_dim=128,
+    num_attention_heads=24,
+    joint_attention_dim=4096,
+    pooled_projection_dim=768,
+    guidance_embeds=True,
+    axes_dims_rope=(16, 56, 56),
+)
 
 
 def real_size_cases(device: torch.device, dtype: torch.dtype, resolution: int, micro_batches: list[int]) -> list[dict]:
@@ -185,11 +209,14 @@ def _train_micro_batch(family, transformer, cfg, device, dtype, resolution, mb, 
         from diffusers import FluxPipeline
 
         kwargs = dict(
-            hidden_states=pack_latents(latents), timestep=sigma, guidance=torch.full((mb,), 3.5, device=device),
-            encoder_hidden_states=text, pooled_projections=pooled,
+            hidden_states=pack_latents(latents),
+            timestep=sigma,
+            guidance=torch.full((mb,), 3.5, device=device),
+            encoder_hidden_states=text,
+            pooled_projections=pooled,
             txt_ids=torch.zeros(text_len, 3, device=device, dtype=dtype),
             img_ids=FluxPipeline._prepare_latent_image_ids(mb, side // 2, side // 2, device, dtype),
-        )  # fmt: skip
+        )
     out = {}
     for stage in ("rollout", "train"):
         reset_memory(device)

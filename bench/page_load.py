@@ -42,9 +42,13 @@ def main() -> None:
         with services.session() as session:
             team = make_team(session)
             _, run_ids = seed_comparison(
-                session, team_id=team.team_id, data_dir=Path(tmp), steps=args.steps, variants=VARIANTS[: args.runs],
+                session,
+                team_id=team.team_id,
+                data_dir=Path(tmp),
+                steps=args.steps,
+                variants=VARIANTS[: args.runs],
                 sample_every=max(1, args.steps // 4),
-            )  # fmt: skip
+            )
         keys = [k for k in compare.DEFAULT_KEYS if k != "approx_kl"]
         compare.compare_view(services, team.token, run_ids, keys)  # warm caches (imports, statement cache)
         walls, cpus = [], []

@@ -44,8 +44,17 @@ PG_URL = os.environ.get("BENCH_DATABASE_URL") or os.environ.get(
 REDIS_BASE = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379").rstrip("/")
 LOCK = "flowdppo:bench:lock"
 KEYS = ["reward/total/mean", "kl_old/mean", "kl_ref/mean", "mask/fraction", "loss/policy", "grad_norm"]
-TINY = {"steps": 1, "prompts_per_step": 2, "group_size": 2, "num_steps": 4, "sde_steps": 1, "num_minibatches": 1,
-        "eval_every": 0, "sample_every": 0, "checkpoint_every": 0}  # fmt: skip
+TINY = {
+    "steps": 1,
+    "prompts_per_step": 2,
+    "group_size": 2,
+    "num_steps": 4,
+    "sde_steps": 1,
+    "num_minibatches": 1,
+    "eval_every": 0,
+    "sample_every": 0,
+    "checkpoint_every": 0,
+}
 
 
 def pct(values: list[float], q: float) -> float:
@@ -77,17 +86,16 @@ def bench_submit_to_running(
     s = services.settings
     worker = start_worker_process(
         WorkerSettings(DATA_DIR=s.DATA_DIR, DATABASE_URL=s.DATABASE_URL, BROKER_URL=s.BROKER_URL),
-        reaper=False, log_file=tmp / "worker.log",
-    )  # fmt: skip
+        reaper=False,
+        log_file=tmp / "worker.log",
+    )
     latencies, api_side = [], []
     try:
         for i in range(n + 1):  # the first one warms the worker up (connection, imports): not counted
             body = RunCreate(preset="shapes-dppo", overrides={**TINY, "model_path": base_path})
             t0 = time.perf_counter()
             with services.session() as session:
-                run = run_service.create_run(
-                    session, queue=services.queue, input_roots=(), team_id=team_id, body=body
-                )
+                run = run_service.create_run(session, queue=services.queue, input_roots=(), team_id=team_id, body=body)
             t_api = time.perf_counter() - t0
             while True:
                 with services.session() as session:
@@ -169,13 +177,31 @@ def bench_list_runs(
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "DATABASE_URL": settings.DATABASE_URL, "BROKER_URL": settings.BROKER_URL,
-           "DATA_DIR": str(settings.DATA_DIR)}  # fmt: skip
+    env = {
+        **os.environ,
+        "DATABASE_URL": settings.DATABASE_URL,
+        "BROKER_URL": settings.BROKER_URL,
+        "DATA_DIR": str(settings.DATA_DIR),
+    }
     server = subprocess.Popen(
-        [sys.executable, "-c", "import sys, flowdppo; sys.exit(flowdppo.main(sys.argv[1:]))", "api", "--host",
-         "127.0.0.1", "--port", str(port), "--workers", str(workers), "--log-level", "warning"],
-        cwd=ROOT, env=env, start_new_session=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "import sys, flowdppo; sys.exit(flowdppo.main(sys.argv[1:]))",
+            "api",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+    )
     path = "/api/v1/runs"
     headers = {"Authorization": f"Bearer {token}"}
     try:
@@ -188,8 +214,10 @@ def bench_list_runs(
                 time.sleep(0.1)
         page = first.json()
         assert page["count"] == 50 and all("config" not in r for r in page["data"]), "unexpected page"
-        request = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\n"
-                   "Accept: application/json\r\n\r\n").encode()  # fmt: skip
+        request = (
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\n"
+            "Accept: application/json\r\n\r\n"
+        ).encode()
 
         async def get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
             writer.write(request)
@@ -296,21 +324,31 @@ def main() -> None:
         ("  of which API create+commit+enqueue", f"{statistics.median(api_side) * 1000:.1f} ms", "", True),
         ("metric ingest, per-step calls", f"{per_step:,.0f} points/s", ">= 20k points/s", per_step >= 20_000),
         ("metric ingest, batched calls", f"{batched:,.0f} points/s", ">= 20k points/s", batched >= 20_000),
-        ("comparison 4 runs x 6 keys x 10k (median)", f"{statistics.median(comparison) * 1000:.0f} ms", "<= 150 ms",
-         statistics.median(comparison) <= 0.150),
+        (
+            "comparison 4 runs x 6 keys x 10k (median)",
+            f"{statistics.median(comparison) * 1000:.0f} ms",
+            "<= 150 ms",
+            statistics.median(comparison) <= 0.150,
+        ),
         (f"GET /runs p50 ({args.clients} clients)", f"{pct(listing, 50) * 1000:.1f} ms", "", True),
         (f"GET /runs p99 ({args.clients} clients)", f"{p99 * 1000:.1f} ms", "p99 <= 50 ms", p99 <= 0.050),
         ("  throughput", f"{cpu['rate']:,.0f} req/s", "", True),
-        ("  CPU per request: server / client", f"{cpu['server'] * 1000:.2f} / {cpu['client'] * 1000:.2f} ms", "",
-         True),
-    ]  # fmt: skip
+        (
+            "  CPU per request: server / client",
+            f"{cpu['server'] * 1000:.2f} / {cpu['client'] * 1000:.2f} ms",
+            "",
+            True,
+        ),
+    ]
     width = max(len(r[0]) for r in rows)
     print(f"{'measure':<{width}}  {'measured':>18}  {'target':>16}  ok")
     for name, measured, target, ok in rows:
         print(f"{name:<{width}}  {measured:>18}  {target:>16}  {'yes' if ok else 'NO'}")
-    print(f"(PostgreSQL {PG_URL.rsplit('@', 1)[-1]}, Redis {redis_url}, {os.cpu_count()} CPUs shared by server, "
-          f"client and database; GET /runs: `flowdppo api --workers {args.workers}`, {args.clients} keep-alive "
-          f"connections from one asyncio client process, {len(listing)} requests, 50 runs per page)")  # fmt: skip
+    print(
+        f"(PostgreSQL {PG_URL.rsplit('@', 1)[-1]}, Redis {redis_url}, {os.cpu_count()} CPUs shared by server, "
+        f"client and database; GET /runs: `flowdppo api --workers {args.workers}`, {args.clients} keep-alive "
+        f"connections from one asyncio client process, {len(listing)} requests, 50 runs per page)"
+    )
 
 
 def _base_model(tmp: Path) -> str | None:

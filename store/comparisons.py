@@ -40,9 +40,11 @@ def create_comparison(
     if not names or len(set(names)) != len(names):
         raise ValueError(f"variants need distinct names, got {names}")
     comparison = Comparison(
-        team_id=team_id, name=name, base_config=base_config,
+        team_id=team_id,
+        name=name,
+        base_config=base_config,
         variants=[{"name": v.name, "overrides": v.overrides} for v in variants],
-    )  # fmt: skip
+    )
     session.add(comparison)
     session.flush()
     runs = [
@@ -57,7 +59,7 @@ def create_comparison(
             comparison_id=comparison.id,
             variant=v.name,
             commit=False,
-        )  # fmt: skip
+        )
         for v in variants
     ]
     session.commit()

@@ -107,10 +107,13 @@ def append_metrics(
         session.execute(
             _UPSERT_PG,
             {
-                "run_id": run_id, "keys": [k for k, _ in points], "steps": [s for _, s in points],
-                "values": [v for v, _ in points.values()], "walls": [w for _, w in points.values()],
+                "run_id": run_id,
+                "keys": [k for k, _ in points],
+                "steps": [s for _, s in points],
+                "values": [v for v, _ in points.values()],
+                "walls": [w for _, w in points.values()],
             },
-        )  # fmt: skip
+        )
     elif dialect == "sqlite":
         stmt = sqlite.insert(Metric)
         stmt = stmt.on_conflict_do_update(
@@ -190,7 +193,7 @@ _BUCKETS_SQL = (
         column("wall_time", UTCDateTime()),
         column("vmin", Float),
         column("vmax", Float),
-    )  # fmt: skip
+    )
 )
 
 

@@ -75,10 +75,19 @@ def create_run(
     if total_steps is None:
         total_steps = int(config.get("steps", 0)) if kind == "train" else 0
     run = Run(
-        team_id=team_id, kind=kind, name=name, tags=list(tags), config=config, preset=preset,
-        total_steps=total_steps, max_attempts=max_attempts, parent_run_id=parent_run_id,
-        checkpoint_id=checkpoint_id, comparison_id=comparison_id, variant=variant,
-    )  # fmt: skip
+        team_id=team_id,
+        kind=kind,
+        name=name,
+        tags=list(tags),
+        config=config,
+        preset=preset,
+        total_steps=total_steps,
+        max_attempts=max_attempts,
+        parent_run_id=parent_run_id,
+        checkpoint_id=checkpoint_id,
+        comparison_id=comparison_id,
+        variant=variant,
+    )
     session.add(run)
     session.flush()
     add_event(session, run_id=run.id, message=f"queued ({kind})", commit=False)
@@ -144,9 +153,17 @@ def list_runs(
 ) -> tuple[list[Run], str | None]:
     """Newest first. Returns (runs, next_cursor); pass next_cursor back for the next page (None = last page)."""
     query, limit = _page_query(
-        session, select(Run), team_id=team_id, status=status, kind=kind, tag=tag, comparison_id=comparison_id,
-        parent_run_id=parent_run_id, cursor=cursor, limit=limit,
-    )  # fmt: skip
+        session,
+        select(Run),
+        team_id=team_id,
+        status=status,
+        kind=kind,
+        tag=tag,
+        comparison_id=comparison_id,
+        parent_run_id=parent_run_id,
+        cursor=cursor,
+        limit=limit,
+    )
     return _page(list(session.scalars(query)), limit)
 
 
@@ -170,9 +187,17 @@ def list_run_rows(
     """list_runs without the config: read-only rows with the other Run attributes (`row.id`, `row.status`, ...),
     one index range scan on (team_id, id) and no ORM objects. Same filters, order and cursor as list_runs."""
     query, limit = _page_query(
-        session, select(*LISTED_COLUMNS), team_id=team_id, status=status, kind=kind, tag=tag,
-        comparison_id=comparison_id, parent_run_id=parent_run_id, cursor=cursor, limit=limit,
-    )  # fmt: skip
+        session,
+        select(*LISTED_COLUMNS),
+        team_id=team_id,
+        status=status,
+        kind=kind,
+        tag=tag,
+        comparison_id=comparison_id,
+        parent_run_id=parent_run_id,
+        cursor=cursor,
+        limit=limit,
+    )
     return _page(list(session.execute(query)), limit)
 
 
@@ -206,9 +231,14 @@ def count_runs(
     parent_run_id: int | None = None,
 ) -> int:
     where = _run_filters(
-        session, team_id=team_id, status=status, kind=kind, tag=tag,
-        comparison_id=comparison_id, parent_run_id=parent_run_id,
-    )  # fmt: skip
+        session,
+        team_id=team_id,
+        status=status,
+        kind=kind,
+        tag=tag,
+        comparison_id=comparison_id,
+        parent_run_id=parent_run_id,
+    )
     return int(session.scalar(select(func.count()).select_from(Run).where(*where)) or 0)
 
 
@@ -239,9 +269,12 @@ def claim_run(session: Session, *, run_id: int, worker: str, stale_after: timede
             Run.cancel_requested.is_(False),
         )
         .values(
-            status="running", worker=worker, heartbeat_at=now, started_at=func.coalesce(Run.started_at, now),
+            status="running",
+            worker=worker,
+            heartbeat_at=now,
+            started_at=func.coalesce(Run.started_at, now),
             attempt=case((Run.status == "running", Run.attempt + 1), else_=Run.attempt),
-        )  # fmt: skip
+        )
         .execution_options(synchronize_session="fetch")
     )
     if result.rowcount != 1:

@@ -37,9 +37,15 @@ def add_samples(session: Session, *, run_id: int, samples: Sequence[NewSample]) 
     rows: dict[tuple[int, int], dict[str, Any]] = {}
     for s in samples:
         rows[(s.step, s.index)] = {
-            "run_id": run_id, "step": s.step, "prompt": s.prompt, "seed": s.seed, "index": s.index,
-            "rewards": dict(s.rewards or {}), "image_path": s.image_path, "thumb_path": s.thumb_path,
-        }  # fmt: skip
+            "run_id": run_id,
+            "step": s.step,
+            "prompt": s.prompt,
+            "seed": s.seed,
+            "index": s.index,
+            "rewards": dict(s.rewards or {}),
+            "image_path": s.image_path,
+            "thumb_path": s.thumb_path,
+        }
     stmt = insert(Sample).values(list(rows.values()))
     updated = ("prompt", "seed", "rewards", "image_path", "thumb_path")
     stmt = stmt.on_conflict_do_update(

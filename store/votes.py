@@ -53,9 +53,12 @@ def add_vote(
     if left_sample_id == right_sample_id:
         raise ValueError("left_sample_id and right_sample_id must differ")
     vote = ReviewVote(
-        team_id=team_id, reviewer=reviewer, left_sample_id=left_sample_id, right_sample_id=right_sample_id,
+        team_id=team_id,
+        reviewer=reviewer,
+        left_sample_id=left_sample_id,
+        right_sample_id=right_sample_id,
         choice=choice,
-    )  # fmt: skip
+    )
     session.add(vote)
     session.commit()
     return vote

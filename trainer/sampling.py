@@ -154,8 +154,10 @@ def sample_trajectory(
         raise ValueError(f"sde_steps {sde_steps} out of range for a {num_steps}-step schedule")
     sde_set = set(sde_steps)
     if sde_noise.shape[:2] != (noise.shape[0], len(sde_steps)):
-        raise ValueError(f"sde_noise must be (B, len(sde_steps), ...) = {(noise.shape[0], len(sde_steps))}, "
-                         f"got {tuple(sde_noise.shape[:2])}")
+        raise ValueError(
+            f"sde_noise must be (B, len(sde_steps), ...) = {(noise.shape[0], len(sde_steps))}, "
+            f"got {tuple(sde_noise.shape[:2])}"
+        )
     sde_order = {k: j for j, k in enumerate(sorted(sde_set))}
     batch = noise.shape[0]
     x = noise.to(storage_dtype)

@@ -117,22 +117,29 @@ def build_dashboard(services: Services) -> gr.Blocks:
         preselect = [*compare_outputs, *samples_outputs[:2]]
 
         def after_login(event: Any) -> None:
-            (event.then(pickers_all, token, all_pickers, api_visibility="private")
-                  .then(lambda t: latest_group(services, t), token, preselect, api_visibility="private")
-                  .then(refresh_runs_if_in, runs_inputs, runs_outputs, api_visibility="private"))  # fmt: skip
+            (
+                event.then(pickers_all, token, all_pickers, api_visibility="private")
+                .then(lambda t: latest_group(services, t), token, preselect, api_visibility="private")
+                .then(refresh_runs_if_in, runs_inputs, runs_outputs, api_visibility="private")
+            )
 
         after_login(demo.load(lambda t: restore(services, t), token, [who, login_row, logout_btn], api_name="whoami"))
         after_login(
-            gr.on([login_btn.click, token_box.submit], lambda t: login(services, t), token_box,
-                  [token, who, token_box, login_row, logout_btn], api_name="login")
-        )  # fmt: skip
+            gr.on(
+                [login_btn.click, token_box.submit],
+                lambda t: login(services, t),
+                token_box,
+                [token, who, token_box, login_row, logout_btn],
+                api_name="login",
+            )
+        )
         logout_btn.click(logout, None, [token, who, login_row, logout_btn], api_visibility="private")
         tab_opened = [t.select for t in (compare_tab, samples_tab, review_tab)]
         gr.on(tab_opened, pickers_all, token, all_pickers, api_name="pickers")
         runs_tab.select(refresh_runs, runs_inputs, runs_outputs, api_visibility="private")
-        open_detail.click(lambda r: (r, gr.Tabs(selected="detail")), selected, [detail_id, tabs],
-                          api_visibility="private").then(show_detail, [token, detail_id], detail_outputs,
-                                                         api_visibility="private")  # fmt: skip
+        open_detail.click(
+            lambda r: (r, gr.Tabs(selected="detail")), selected, [detail_id, tabs], api_visibility="private"
+        ).then(show_detail, [token, detail_id], detail_outputs, api_visibility="private")
         for event in submit_events:
             event.then(refresh_runs, runs_inputs, runs_outputs, api_visibility="private")
     demo.queue(default_concurrency_limit=8)
@@ -142,6 +149,12 @@ def build_dashboard(services: Services) -> gr.Blocks:
 def mount_dashboard(app: FastAPI, services: Services) -> None:
     """Mount the dashboard at /ui on the API's app (same port, same services)."""
     gr.mount_gradio_app(
-        app, build_dashboard(services), path=UI_PATH, css=CSS, footer_links=["api"], show_error=True,
-        run_history=False, theme=gr.themes.Soft(),
-    )  # fmt: skip
+        app,
+        build_dashboard(services),
+        path=UI_PATH,
+        css=CSS,
+        footer_links=["api"],
+        show_error=True,
+        run_history=False,
+        theme=gr.themes.Soft(),
+    )

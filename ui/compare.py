@@ -30,9 +30,15 @@ from ui.common import (
 MAX_POINTS = 400  # per series: a chart never carries more, whatever the run length
 TRUST = "mask|clip/fraction"  # pseudo-key: masked share for dppo runs, clipped share for clip runs
 DEFAULT_KEYS = [
-    "reward/total/mean", "eval/reward/total/mean", "kl_old/mean", "kl_ref/mean", TRUST, plots.RATIO_RANGE,
-    "grad_norm", "approx_kl",
-]  # fmt: skip
+    "reward/total/mean",
+    "eval/reward/total/mean",
+    "kl_old/mean",
+    "kl_ref/mean",
+    TRUST,
+    plots.RATIO_RANGE,
+    "grad_norm",
+    "approx_kl",
+]
 PSEUDO_KEYS = {TRUST: ("mask/fraction", "clip/fraction"), plots.RATIO_RANGE: ("ratio/min", "ratio/max")}
 REWARD, KL_REF = "reward/total/mean", "kl_ref/mean"
 X_AXES = ["step", "wall time (s)"]
@@ -85,13 +91,19 @@ def compare_view(
     to_x = {r.id: _x_mapper(by_key, r, wall) for r in runs}  # run id -> (series, steps) -> x values
     lines = {key: _lines(key, by_key, [r.id for r in runs], to_x) for key in keys}
     chart = plots.metric_figure(
-        {k: v for k, v in lines.items() if v}, labels=labels, colors=colors, smoothing=smoothing,
+        {k: v for k, v in lines.items() if v},
+        labels=labels,
+        colors=colors,
+        smoothing=smoothing,
         x_title="wall time (s)" if wall else "step",
-    )  # fmt: skip
+    )
     reward_kl = plots.reward_kl_figure(
-        _reward_kl_points(by_key, [r.id for r in runs]), labels=labels, colors=colors, smoothing=smoothing,
+        _reward_kl_points(by_key, [r.id for r in runs]),
+        labels=labels,
+        colors=colors,
+        smoothing=smoothing,
         reward_title=plots.metric_title(REWARD),
-    )  # fmt: skip
+    )
     active = any(r.status in ("queued", "running") for r in runs)
     return CompareView(chart, reward_kl, summary_table(summaries, labels), config_diff(runs, labels), active)
 
@@ -111,8 +123,11 @@ def _lines(key: str, by_key: Mapping[str, Mapping[int, Any]], run_ids: Sequence[
             common = sorted(set(lo.steps) & set(hi.steps))
             lows, highs = dict(zip(lo.steps, lo.min, strict=True)), dict(zip(hi.steps, hi.max, strict=True))
             mid = [_mid(lows[s], highs[s]) for s in common]
-            out.append(plots.Line(run_id, to_x[run_id](lo, common), mid, [lows[s] for s in common],
-                                  [highs[s] for s in common]))  # fmt: skip
+            out.append(
+                plots.Line(
+                    run_id, to_x[run_id](lo, common), mid, [lows[s] for s in common], [highs[s] for s in common]
+                )
+            )
             continue
         candidates = PSEUDO_KEYS[key] if key == TRUST else (key,)
         found = next((by_key[k][run_id] for k in candidates if run_id in by_key.get(k, {})), None)
@@ -161,9 +176,16 @@ def _reward_kl_points(by_key: Mapping[str, Mapping[int, Any]], run_ids: Sequence
 
 
 SUMMARY_COLUMNS = [
-    "run", "status", "step", "best reward (step)", "final reward", "final eval reward", "final KL to base",
-    "mask/clip fraction", "time",
-]  # fmt: skip
+    "run",
+    "status",
+    "step",
+    "best reward (step)",
+    "final reward",
+    "final eval reward",
+    "final KL to base",
+    "mask/clip fraction",
+    "time",
+]
 
 
 def summary_table(summaries: Sequence[Any], labels: Mapping[int, str]) -> pd.DataFrame:
@@ -173,15 +195,19 @@ def summary_table(summaries: Sequence[Any], labels: Mapping[int, str]) -> pd.Dat
         m = s.metrics
         best = m.get(REWARD)
         trust = m.get("mask/fraction") or m.get("clip/fraction")
-        rows.append([
-            labels.get(s.run_id, f"#{s.run_id}"), s.status, f"{s.step}/{s.total_steps}",
-            f"{format_value(best.best)} ({best.best_step})" if best else "",
-            format_value(best.final) if best else "",
-            format_value(m["eval/reward/total/mean"].final) if "eval/reward/total/mean" in m else "",
-            format_value(m[KL_REF].final, 3) if KL_REF in m else "",
-            format_value(trust.final, 3) if trust else "",
-            format_duration(s.duration_s),
-        ])  # fmt: skip
+        rows.append(
+            [
+                labels.get(s.run_id, f"#{s.run_id}"),
+                s.status,
+                f"{s.step}/{s.total_steps}",
+                f"{format_value(best.best)} ({best.best_step})" if best else "",
+                format_value(best.final) if best else "",
+                format_value(m["eval/reward/total/mean"].final) if "eval/reward/total/mean" in m else "",
+                format_value(m[KL_REF].final, 3) if KL_REF in m else "",
+                format_value(trust.final, 3) if trust else "",
+                format_duration(s.duration_s),
+            ]
+        )
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
@@ -243,10 +269,16 @@ def build(services: Services, token: gr.BrowserState) -> Any:
         )
 
     group.input(lambda t, c: comparison_run_ids(services, t, c), [token, group], runs, api_name="comparison_runs")
-    runs.change(lambda t, r: gr.Dropdown(choices=metric_options(services, t, r)), [token, runs], keys,
-                api_name="metric_keys")  # fmt: skip
+    runs.change(
+        lambda t, r: gr.Dropdown(choices=metric_options(services, t, r)), [token, runs], keys, api_name="metric_keys"
+    )
     inputs, outputs = [token, runs, keys, smoothing, x_axis], [chart, reward_kl, summary, diff, timer]
-    gr.on([runs.change, keys.change, smoothing.release, x_axis.change, refresh.click], show, inputs, outputs,
-          api_name="compare")  # fmt: skip
+    gr.on(
+        [runs.change, keys.change, smoothing.release, x_axis.change, refresh.click],
+        show,
+        inputs,
+        outputs,
+        api_name="compare",
+    )
     timer.tick(show, inputs, outputs, api_name="compare_tick", show_progress="hidden")
     return pickers, [group, runs]

@@ -87,7 +87,10 @@ def evaluate(services: Services, token: str | None, run_id: int | None, checkpoi
     with team_session(services, token) as (session, principal):
         (row,) = owned_runs(session, principal, [int(run_id or 0)])
         created = run_service.evaluate(
-            session, queue=services.queue, input_roots=services.settings.INPUT_ROOTS, run=row,
+            session,
+            queue=services.queue,
+            input_roots=services.settings.INPUT_ROOTS,
+            run=row,
             body=EvaluateCreate(checkpoint_id=_checkpoint_id(checkpoint)),
         )
     return f"Evaluation run #{created.id} queued ({created.name})."
@@ -135,8 +138,10 @@ def prune_archives(*, max_age_s: float) -> None:
 def workers_table(services: Services, token: str | None) -> pd.DataFrame:
     with team_session(services, token) as (session, principal):
         found = worker_service.list_workers(session, queue=services.queue, team_id=principal.team_id)
-    rows = [[w.name, "online" if w.online else "offline", ", ".join(w.queues), ", ".join(map(str, w.run_ids))]
-            for w in found]  # fmt: skip
+    rows = [
+        [w.name, "online" if w.online else "offline", ", ".join(w.queues), ", ".join(map(str, w.run_ids))]
+        for w in found
+    ]
     return pd.DataFrame(rows, columns=WORKER_COLUMNS)
 
 
@@ -168,14 +173,25 @@ def build(services: Services, token: gr.BrowserState) -> tuple[Any, Any, list[An
 
     def show(token: str, rid: int | None) -> tuple:
         d = run_detail(services, token, rid)
-        return (d["header"], d["config"], d["events"], d["evaluations"], d["checkpoints"],
-                gr.Dropdown(choices=d["checkpoint_choices"], value="base"))  # fmt: skip
+        return (
+            d["header"],
+            d["config"],
+            d["events"],
+            d["evaluations"],
+            d["checkpoints"],
+            gr.Dropdown(choices=d["checkpoint_choices"], value="base"),
+        )
 
     outputs = [header, config, events, evaluations, checkpoints, checkpoint]
     gr.on([load.click, run_id.submit], show, [token, run_id], outputs, api_name="run_detail")
-    evaluate_btn.click(lambda t, r, c: evaluate(services, t, r, c), [token, run_id, checkpoint], message,
-                       api_name="evaluate").then(show, [token, run_id], outputs, api_visibility="private")  # fmt: skip
-    download_btn.click(lambda t, r, c: download_checkpoint(services, t, r, c), [token, run_id, checkpoint], file,
-                       api_name="download_checkpoint")  # fmt: skip
+    evaluate_btn.click(
+        lambda t, r, c: evaluate(services, t, r, c), [token, run_id, checkpoint], message, api_name="evaluate"
+    ).then(show, [token, run_id], outputs, api_visibility="private")
+    download_btn.click(
+        lambda t, r, c: download_checkpoint(services, t, r, c),
+        [token, run_id, checkpoint],
+        file,
+        api_name="download_checkpoint",
+    )
     workers_btn.click(lambda t: workers_table(services, t), token, workers, api_name="workers")
     return run_id, show, outputs

@@ -16,8 +16,17 @@ from plotly.subplots import make_subplots
 
 # Tableau 10: distinguishable, colour-blind friendlier than plotly's default, and fine on white.
 PALETTE = (
-    "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac",
-)  # fmt: skip
+    "#4e79a7",
+    "#f28e2b",
+    "#e15759",
+    "#76b7b2",
+    "#59a14f",
+    "#edc948",
+    "#b07aa1",
+    "#ff9da7",
+    "#9c755f",
+    "#bab0ac",
+)
 RAW_OPACITY = 0.25
 BAND_OPACITY = 0.15
 RATIO_RANGE = "ratio/min..max"  # a pseudo-key: the band between ratio/min and ratio/max
@@ -93,9 +102,12 @@ def metric_figure(
     keys = list(lines) or ["(no metric selected)"]
     rows = math.ceil(len(keys) / columns)
     fig = make_subplots(
-        rows=rows, cols=columns, subplot_titles=[metric_title(k) for k in keys],
-        horizontal_spacing=0.08, vertical_spacing=min(0.12, 0.35 / max(rows - 1, 1)),
-    )  # fmt: skip
+        rows=rows,
+        cols=columns,
+        subplot_titles=[metric_title(k) for k in keys],
+        horizontal_spacing=0.08,
+        vertical_spacing=min(0.12, 0.35 / max(rows - 1, 1)),
+    )
     traces, rows_of, cols_of = [], [], []
     in_legend: set[int] = set()
     for i, key in enumerate(lines):
@@ -110,10 +122,12 @@ def metric_figure(
     if traces:  # one call: plotly validates each trace once (add_trace per trace copies and re-validates)
         fig.add_traces(traces, rows=rows_of, cols=cols_of)
     fig.update_layout(
-        height=max(320, 270 * rows + 40), margin=dict(l=50, r=20, t=80, b=40), template="plotly_white",
+        height=max(320, 270 * rows + 40),
+        margin=dict(l=50, r=20, t=80, b=40),
+        template="plotly_white",
         legend=dict(orientation="h", yref="container", y=0.995, yanchor="top", x=0.5, xanchor="center"),
         hovermode="x unified",
-    )  # fmt: skip
+    )
     return fig
 
 
@@ -126,16 +140,44 @@ def _run_traces(
     quiet = dict(showlegend=False, hoverinfo="skip")
     traces = []
     if line.lo is not None and line.hi is not None:  # a band (the ratio range)
-        traces.append(dict(common, **quiet, y=_array(line.hi), line=dict(color=color, width=0), name=f"{label} max",
-                           meta="band"))  # fmt: skip
-        traces.append(dict(common, **quiet, y=_array(line.lo), line=dict(color=color, width=0), fill="tonexty",
-                           fillcolor=_alpha(color, BAND_OPACITY), name=f"{label} min", meta="band"))  # fmt: skip
+        traces.append(
+            dict(common, **quiet, y=_array(line.hi), line=dict(color=color, width=0), name=f"{label} max", meta="band")
+        )
+        traces.append(
+            dict(
+                common,
+                **quiet,
+                y=_array(line.lo),
+                line=dict(color=color, width=0),
+                fill="tonexty",
+                fillcolor=_alpha(color, BAND_OPACITY),
+                name=f"{label} min",
+                meta="band",
+            )
+        )
     if smoothing > 0:
-        traces.append(dict(common, **quiet, y=_array(line.y), line=dict(color=color, width=1), opacity=RAW_OPACITY,
-                           name=f"{label} (raw)", meta="raw"))  # fmt: skip
-    traces.append(dict(common, y=_array(ema(line.y, smoothing)), line=dict(color=color, width=2), name=label,
-                       showlegend=show_legend, meta="smoothed",
-                       hovertemplate=f"{label}: %{{y:.4g}}<extra>{metric_title(key)}</extra>"))  # fmt: skip
+        traces.append(
+            dict(
+                common,
+                **quiet,
+                y=_array(line.y),
+                line=dict(color=color, width=1),
+                opacity=RAW_OPACITY,
+                name=f"{label} (raw)",
+                meta="raw",
+            )
+        )
+    traces.append(
+        dict(
+            common,
+            y=_array(ema(line.y, smoothing)),
+            line=dict(color=color, width=2),
+            name=label,
+            showlegend=show_legend,
+            meta="smoothed",
+            hovertemplate=f"{label}: %{{y:.4g}}<extra>{metric_title(key)}</extra>",
+        )
+    )
     return traces
 
 
@@ -166,14 +208,17 @@ def reward_kl_figure(
                 legendgroup=str(run_id),
                 customdata=list(steps),
                 hovertemplate=f"{label}<br>step %{{customdata}}<br>KL %{{x:.3g}}<br>reward %{{y:.4g}}<extra></extra>",
-            )  # fmt: skip
+            )
         )
     fig.update_layout(
-        title="reward vs KL to reference (higher and further left is better)", template="plotly_white",
-        xaxis_title="KL to reference (kl_ref/mean)", yaxis_title=reward_title, height=430,
-        margin=dict(l=50, r=20, t=60, b=100), legend=dict(orientation="h", yref="container", y=0.02, x=0.5,
-                                                         xanchor="center", yanchor="bottom"),
-    )  # fmt: skip
+        title="reward vs KL to reference (higher and further left is better)",
+        template="plotly_white",
+        xaxis_title="KL to reference (kl_ref/mean)",
+        yaxis_title=reward_title,
+        height=430,
+        margin=dict(l=50, r=20, t=60, b=100),
+        legend=dict(orientation="h", yref="container", y=0.02, x=0.5, xanchor="center", yanchor="bottom"),
+    )
     return fig
 
 

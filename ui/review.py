@@ -57,9 +57,11 @@ def vote(services: Services, token: str | None, pair: dict[str, Any] | None, cho
         raise gr.Error("Load a pair first.")
     shown = ReviewPair.model_validate(pair)
     body = VoteCreate(
-        left_sample_id=shown.left_sample_id, right_sample_id=shown.right_sample_id, choice=choice,
+        left_sample_id=shown.left_sample_id,
+        right_sample_id=shown.right_sample_id,
+        choice=choice,
         reviewer=(reviewer or "").strip() or "anonymous",
-    )  # fmt: skip
+    )
     with team_session(services, token) as (session, principal):
         review_service.add_vote(session, team_id=principal.team_id, body=body)
     return f"Vote recorded: {choice}."
@@ -72,11 +74,18 @@ def win_table(services: Services, token: str | None, run_a: int | None, run_b: i
         labels = {r.id: run_label(r) for r in owned_runs(session, principal, run_ids)}
         rates = review_service.win_rates(session, team_id=principal.team_id, run_ids=run_ids or None)
     rows = [
-        [labels.get(w.run_id, f"#{w.run_id}"), labels.get(w.opponent_id, f"#{w.opponent_id}"),
-         "" if w.win_rate is None else f"{w.win_rate:.0%}",
-         "" if w.ci_low is None else f"{w.ci_low:.0%} – {w.ci_high:.0%}", w.wins, w.losses, w.ties, w.n]
+        [
+            labels.get(w.run_id, f"#{w.run_id}"),
+            labels.get(w.opponent_id, f"#{w.opponent_id}"),
+            "" if w.win_rate is None else f"{w.win_rate:.0%}",
+            "" if w.ci_low is None else f"{w.ci_low:.0%} – {w.ci_high:.0%}",
+            w.wins,
+            w.losses,
+            w.ties,
+            w.n,
+        ]
         for w in rates
-    ]  # fmt: skip
+    ]
     return pd.DataFrame(rows, columns=WIN_COLUMNS)
 
 
@@ -101,8 +110,10 @@ def build(services: Services, token: gr.BrowserState) -> Any:
         left = gr.HTML(elem_id="review-left")
         right = gr.HTML(elem_id="review-right")
     with gr.Row():
-        buttons = {c: gr.Button(label, elem_id=f"vote-{c}") for c, label in
-                   (("left", "◀ Left is better"), ("tie", "Tie"), ("right", "Right is better ▶"))}  # fmt: skip
+        buttons = {
+            c: gr.Button(label, elem_id=f"vote-{c}")
+            for c, label in (("left", "◀ Left is better"), ("tie", "Tie"), ("right", "Right is better ▶"))
+        }
     message = gr.Markdown()
     wins = gr.Dataframe(headers=WIN_COLUMNS, label="Win rates", interactive=False, elem_id="review-wins")
     pair = gr.State(None)
@@ -110,16 +121,23 @@ def build(services: Services, token: gr.BrowserState) -> Any:
     def load(token: str, a: int | None, b: int | None) -> tuple:
         shown = next_pair(services, token, a, b)
         p = shown["pair"]
-        return (shown["pair"], f"**Prompt:** {p['prompt']} · seed {p['seed']}", _img_html(shown["left"], "left"),
-                _img_html(shown["right"], "right"), win_table(services, token, a, b))  # fmt: skip
+        return (
+            shown["pair"],
+            f"**Prompt:** {p['prompt']} · seed {p['seed']}",
+            _img_html(shown["left"], "left"),
+            _img_html(shown["right"], "right"),
+            win_table(services, token, a, b),
+        )
 
     outputs = [pair, prompt, left, right, wins]
     start.click(load, [token, run_a, run_b], outputs, api_name="review_pair")
     for choice, button in buttons.items():
         button.click(
-            lambda t, p, r, c=choice: vote(services, t, p, c, r), [token, pair, reviewer], message,
+            lambda t, p, r, c=choice: vote(services, t, p, c, r),
+            [token, pair, reviewer],
+            message,
             api_name=f"vote_{choice}",
-        ).success(load, [token, run_a, run_b], outputs, api_visibility="private")  # fmt: skip
+        ).success(load, [token, run_a, run_b], outputs, api_visibility="private")
 
     def pickers(token: str) -> tuple:
         choices = run_choices(services, token)

@@ -41,23 +41,32 @@ def runs_table(services: Services, token: str | None, status: str | None = "all"
     """The newest runs (one page) under the filters, with each run's latest reward/total/mean."""
     with team_session(services, token) as (session, principal):
         page = run_service.list_runs(
-            session, team_id=principal.team_id, status=None if status in (None, "", "all") else status,
-            tag=(tag or "").strip() or None, limit=PAGE,
-        )  # fmt: skip
+            session,
+            team_id=principal.team_id,
+            status=None if status in (None, "", "all") else status,
+            tag=(tag or "").strip() or None,
+            limit=PAGE,
+        )
         # summaries() reads only id/name/variant/status/step/times of its runs: the page's rows carry them all.
         latest = metric_service.summaries(session, runs=page.data, keys=("reward/total/mean",)).data
     reward = {s.run_id: s.metrics.get("reward/total/mean") for s in latest}
     now = datetime.now(UTC)
     rows = [
         [
-            r.id, _name(r), r.kind,
+            r.id,
+            _name(r),
+            r.kind,
             r.status + (" (cancelling)" if r.cancel_requested and r.status in ACTIVE else ""),
-            progress_bar(r.progress), f"{r.step}/{r.total_steps}",
+            progress_bar(r.progress),
+            f"{r.step}/{r.total_steps}",
             format_value(reward[r.id].final) if reward.get(r.id) else "",
-            format_duration(elapsed_s(r, now)), r.worker or "", ", ".join(r.tags), r.comparison_id or "",
+            format_duration(elapsed_s(r, now)),
+            r.worker or "",
+            ", ".join(r.tags),
+            r.comparison_id or "",
         ]
         for r in page.data
-    ]  # fmt: skip
+    ]
     return RunsTable(pd.DataFrame(rows, columns=COLUMNS), any(r.status in ACTIVE for r in page.data))
 
 

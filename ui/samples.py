@@ -102,8 +102,10 @@ def prompt_history(
 
 
 def _rewards_html(rewards: dict[str, Any]) -> str:
-    parts = [f"{html.escape(k)} {v:.3f}" if isinstance(v, int | float) else html.escape(f"{k} {v}")
-             for k, v in sorted(rewards.items())]  # fmt: skip
+    parts = [
+        f"{html.escape(k)} {v:.3f}" if isinstance(v, int | float) else html.escape(f"{k} {v}")
+        for k, v in sorted(rewards.items())
+    ]
     return "<br>".join(parts)
 
 

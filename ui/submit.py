@@ -68,8 +68,11 @@ def config_groups(model: type = TrainConfig) -> dict[str, list[str]]:
 def field_spec(name: str, group: str, model: type = TrainConfig) -> FieldSpec:
     info = model.model_fields[name]
     annotation = info.annotation
-    args = typing.get_args(annotation) if isinstance(annotation, types.UnionType) or typing.get_origin(
-        annotation) is typing.Union else (annotation,)  # fmt: skip
+    args = (
+        typing.get_args(annotation)
+        if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union
+        else (annotation,)
+    )
     optional = type(None) in args
     kinds = [a for a in args if a is not type(None)]
     description = info.description or ""
@@ -164,9 +167,17 @@ def field_errors(err: InvalidConfigError, names: list[str]) -> tuple[dict[str, l
 
 
 def submit(
-    services: Services, token: str | None, specs: list[FieldSpec], preset: str | None, values: list[Any], *,
-    name: str = "", tags: str = "", comparison: bool = False, with_cps: bool = False,
-) -> list[int]:  # fmt: skip
+    services: Services,
+    token: str | None,
+    specs: list[FieldSpec],
+    preset: str | None,
+    values: list[Any],
+    *,
+    name: str = "",
+    tags: str = "",
+    comparison: bool = False,
+    with_cps: bool = False,
+) -> list[int]:
     """Create one run or a comparison (clip vs dppo, same seeds; + cps variants). InvalidConfigError propagates."""
     preset = None if preset in (None, "", NO_PRESET) else preset
     overrides = overrides_from_form(specs, preset, values)
@@ -224,16 +235,28 @@ def build(services: Services, token: gr.BrowserState) -> Any:
     def fill(name: str | None) -> list[Any]:
         return [gr.update(value=v, info=s.description) for s, v in zip(specs, preset_values(specs, name), strict=True)]
 
-    def send(token: str, preset: str, run_name: str, run_tags: str, with_cps: bool, comparison: bool,
-             *values: Any) -> list[Any]:  # fmt: skip
+    def send(
+        token: str, preset: str, run_name: str, run_tags: str, with_cps: bool, comparison: bool, *values: Any
+    ) -> list[Any]:
         try:
-            ids = submit(services, token, specs, preset, list(values), name=run_name, tags=run_tags,
-                         comparison=comparison, with_cps=with_cps)  # fmt: skip
+            ids = submit(
+                services,
+                token,
+                specs,
+                preset,
+                list(values),
+                name=run_name,
+                tags=run_tags,
+                comparison=comparison,
+                with_cps=with_cps,
+            )
         except InvalidConfigError as err:
             per_field, general = field_errors(err, [s.name for s in specs])
             text = "**Not submitted:** fix the fields marked ⚠." + "".join(f"\n- {g}" for g in general)
-            updates = [gr.update(info=("⚠ " + "; ".join(per_field[s.name])) if s.name in per_field
-                                 else s.description) for s in specs]  # fmt: skip
+            updates = [
+                gr.update(info=("⚠ " + "; ".join(per_field[s.name])) if s.name in per_field else s.description)
+                for s in specs
+            ]
             return [text, gr.skip(), *updates]
         what = "comparison runs" if comparison else "run"
         ok = f"Submitted {what} {', '.join(f'#{i}' for i in ids)}: see Runs (live) and Compare."
@@ -242,8 +265,13 @@ def build(services: Services, token: gr.BrowserState) -> Any:
     preset.input(fill, preset, widgets, api_name="preset_config")
     outputs = [summary, submitted, *widgets]
     inputs = [token, preset, name, tags, cps]
-    run_event = run_btn.click(lambda t, p, n, g, c, *v: send(t, p, n, g, c, False, *v), [*inputs, *widgets],
-                              outputs, api_name="submit_run")  # fmt: skip
-    pair_event = pair_btn.click(lambda t, p, n, g, c, *v: send(t, p, n, g, c, True, *v), [*inputs, *widgets],
-                                outputs, api_name="submit_comparison")  # fmt: skip
+    run_event = run_btn.click(
+        lambda t, p, n, g, c, *v: send(t, p, n, g, c, False, *v), [*inputs, *widgets], outputs, api_name="submit_run"
+    )
+    pair_event = pair_btn.click(
+        lambda t, p, n, g, c, *v: send(t, p, n, g, c, True, *v),
+        [*inputs, *widgets],
+        outputs,
+        api_name="submit_comparison",
+    )
     return [run_event, pair_event]

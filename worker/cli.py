@@ -45,10 +45,17 @@ def run_worker(args: argparse.Namespace) -> int:
     if not args.no_reaper:  # a separate process: never a thread in a parent that forks job children
         reaper = subprocess.Popen([sys.executable, "-m", "worker.reaper"])
     argv = [
-        "worker", f"--queues={','.join(queues)}", "--concurrency=1", f"--hostname={name}",
-        "--prefetch-multiplier=1", "--max-tasks-per-child=1", "--pool=prefork", f"--loglevel={args.loglevel}",
-        "--without-gossip", "--without-mingle",
-    ]  # fmt: skip
+        "worker",
+        f"--queues={','.join(queues)}",
+        "--concurrency=1",
+        f"--hostname={name}",
+        "--prefetch-multiplier=1",
+        "--max-tasks-per-child=1",
+        "--pool=prefork",
+        f"--loglevel={args.loglevel}",
+        "--without-gossip",
+        "--without-mingle",
+    ]
     try:
         app.worker_main(argv)
     finally:

@@ -113,9 +113,14 @@ class StoreCallback:
             self.ctx.data_dir, run_id=self.run_id, step=step, index=s.index, seed=s.seed, image=s.image
         )
         return samples.NewSample(
-            step=step, prompt=s.prompt, seed=s.seed, index=s.index, image_path=saved.image_path,
-            thumb_path=saved.thumb_path, rewards={k: float(v) for k, v in s.rewards.items()},
-        )  # fmt: skip
+            step=step,
+            prompt=s.prompt,
+            seed=s.seed,
+            index=s.index,
+            image_path=saved.image_path,
+            thumb_path=saved.thumb_path,
+            rewards={k: float(v) for k, v in s.rewards.items()},
+        )
 
     def on_checkpoint(self, step: int, path: Path) -> None:
         # Fenced like the rest; a folder the trainer wrote after a takeover gets no row, so nobody resumes from it.

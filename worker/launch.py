@@ -13,9 +13,13 @@ from worker.settings import WorkerSettings
 
 
 def worker_command(
-    *, queues: Sequence[str] = ("train", "eval"), gpu: int | None = None, name: str | None = None,
-    reaper: bool = True, loglevel: str = "info",
-) -> list[str]:  # fmt: skip
+    *,
+    queues: Sequence[str] = ("train", "eval"),
+    gpu: int | None = None,
+    name: str | None = None,
+    reaper: bool = True,
+    loglevel: str = "info",
+) -> list[str]:
     cmd = [sys.executable, "-m", "worker", "--queues", ",".join(queues)]
     cmd += ["--loglevel", loglevel]
     if gpu is not None:
@@ -48,8 +52,11 @@ def start_worker_process(
     try:
         return subprocess.Popen(
             worker_command(queues=queues, gpu=gpu, name=name, reaper=reaper),
-            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     finally:
         if log_file is not None:
             out.close()  # type: ignore[union-attr]

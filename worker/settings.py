@@ -67,6 +67,8 @@ class WorkerSettings(BaseSettings):
     def broker_transport_options(self) -> dict[str, Any]:
         """The options every Celery app of the platform uses for this broker (store/broker.py)."""
         return transport_options(
-            self.BROKER_URL, folder=self.broker_folder, visibility_timeout=self.BROKER_VISIBILITY_TIMEOUT,
+            self.BROKER_URL,
+            folder=self.broker_folder,
+            visibility_timeout=self.BROKER_VISIBILITY_TIMEOUT,
             polling_interval=self.BROKER_POLL_SECONDS,
-        )  # fmt: skip
+        )

@@ -47,6 +47,11 @@ def aligned(
 ) -> ComparisonAligned:
     """The runs and, per key, their values on the steps every run has."""
     return service.aligned(
-        session, team_id=team.team_id, comparison_id=comparison_id, keys=key, step_min=step_min, step_max=step_max,
+        session,
+        team_id=team.team_id,
+        comparison_id=comparison_id,
+        keys=key,
+        step_min=step_min,
+        step_max=step_max,
         max_points=max_points,
-    )  # fmt: skip
+    )

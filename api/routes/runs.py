@@ -35,9 +35,16 @@ def list_runs(
 ) -> RunsPublic:
     """Newest first, without configs (GET /runs/{run_id} has them); pass `next_cursor` back as `cursor`."""
     return service.list_runs(
-        session, team_id=team.team_id, status=status, kind=kind, tag=tag, comparison_id=comparison_id,
-        parent_run_id=parent_run_id, cursor=cursor, limit=limit,
-    )  # fmt: skip
+        session,
+        team_id=team.team_id,
+        status=status,
+        kind=kind,
+        tag=tag,
+        comparison_id=comparison_id,
+        parent_run_id=parent_run_id,
+        cursor=cursor,
+        limit=limit,
+    )
 
 
 @router.get("/{run_id}")

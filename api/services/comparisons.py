@@ -40,9 +40,7 @@ def create_comparison(
     errors: list[dict[str, Any]] = []
     for name, overrides in body.variants.items():
         try:
-            configs[name] = apply_overrides(
-                base, overrides, input_roots=input_roots, loc=("body", "variants", name)
-            )
+            configs[name] = apply_overrides(base, overrides, input_roots=input_roots, loc=("body", "variants", name))
         except InvalidConfigError as err:
             errors.extend(err.errors)
     if errors:
@@ -52,9 +50,14 @@ def create_comparison(
         for name, config in configs.items()
     ]
     comparison, runs = store_comparisons.create_comparison(
-        session, team_id=team_id, name=body.name or body.preset or "comparison",
-        base_config=base.model_dump(mode="json"), variants=variants, tags=body.tags, preset=body.preset,
-    )  # fmt: skip
+        session,
+        team_id=team_id,
+        name=body.name or body.preset or "comparison",
+        base_config=base.model_dump(mode="json"),
+        variants=variants,
+        tags=body.tags,
+        preset=body.preset,
+    )
     for run in runs:  # after the commit: a worker re-reads the run by id
         enqueue(session, queue=queue, run=run)
     return _public(comparison, runs)

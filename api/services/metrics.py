@@ -51,17 +51,27 @@ def read_metrics(
     run_ids = [r.id for r in runs]
     keys = list(keys) if keys else store_metrics.metric_keys(session, run_ids=run_ids)
     series = store_metrics.read_series(
-        session, run_ids=run_ids, keys=keys, step_min=step_min, step_max=step_max,
-        max_points=min(max(max_points, 1), MAX_POINTS_LIMIT), with_wall=with_wall,
-    )  # fmt: skip
+        session,
+        run_ids=run_ids,
+        keys=keys,
+        step_min=step_min,
+        step_max=step_max,
+        max_points=min(max(max_points, 1), MAX_POINTS_LIMIT),
+        with_wall=with_wall,
+    )
     return MetricsPublic(data=[_series(s) for s in series])
 
 
 def _series(s: store_metrics.Series) -> Series:
     return Series(
-        run_id=s.run_id, key=s.key, steps=s.steps, last=_finite(s.last), min=_finite(s.min), max=_finite(s.max),
+        run_id=s.run_id,
+        key=s.key,
+        steps=s.steps,
+        last=_finite(s.last),
+        min=_finite(s.min),
+        max=_finite(s.max),
         wall=s.wall,
-    )  # fmt: skip
+    )
 
 
 def summaries(session: Session, *, runs: Sequence[Run], keys: Sequence[str] = SUMMARY_KEYS) -> SummariesPublic:
@@ -89,7 +99,7 @@ def summaries(session: Session, *, runs: Sequence[Run], keys: Sequence[str] = SU
                 total_steps=run.total_steps,
                 duration_s=_duration(run.started_at, run.finished_at),
                 metrics=metrics,
-            )  # fmt: skip
+            )
         )
     return SummariesPublic(data=data)
 
@@ -106,9 +116,14 @@ def _snapshot(session: Session, run_id: int, after_step: int) -> tuple[dict[str,
     if run is None:
         return None, []
     status = {
-        "status": run.status, "step": run.step, "total_steps": run.total_steps, "progress": run.progress,
-        "cancel_requested": run.cancel_requested, "error": run.error, "worker": run.worker,
-    }  # fmt: skip
+        "status": run.status,
+        "step": run.step,
+        "total_steps": run.total_steps,
+        "progress": run.progress,
+        "cancel_requested": run.cancel_requested,
+        "error": run.error,
+        "worker": run.worker,
+    }
     points = store_metrics.read_points(session, run_id=run_id, after_step=after_step, limit=STREAM_BATCH)
     by_step: dict[int, dict[str, float | None]] = {}
     for p in points:

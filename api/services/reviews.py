@@ -63,9 +63,13 @@ def add_vote(session: Session, *, team_id: int, body: VoteCreate) -> VotePublic:
     if left.run_id == right.run_id:
         raise ConflictError("the two samples come from the same run")
     vote = store_votes.add_vote(
-        session, team_id=team_id, reviewer=body.reviewer, left_sample_id=left.id, right_sample_id=right.id,
+        session,
+        team_id=team_id,
+        reviewer=body.reviewer,
+        left_sample_id=left.id,
+        right_sample_id=right.id,
         choice=body.choice,
-    )  # fmt: skip
+    )
     return VotePublic.model_validate(vote)
 
 

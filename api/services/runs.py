@@ -37,9 +37,14 @@ def create_run(
         preset=body.preset, config=body.config, overrides=body.overrides, input_roots=input_roots
     )
     run = store_runs.create_run(
-        session, team_id=team_id, config=config.model_dump(mode="json"), kind="train",
-        name=body.name or body.preset or "", tags=body.tags, preset=body.preset,
-    )  # fmt: skip
+        session,
+        team_id=team_id,
+        config=config.model_dump(mode="json"),
+        kind="train",
+        name=body.name or body.preset or "",
+        tags=body.tags,
+        preset=body.preset,
+    )
     enqueue(session, queue=queue, run=run)
     return RunPublic.model_validate(run)
 
@@ -68,9 +73,16 @@ def list_runs(
     """Newest first, one page of RunListItem (no configs: get_run has them); pass `next_cursor` back as `cursor`."""
     try:
         rows, next_cursor = store_runs.list_run_rows(
-            session, team_id=team_id, status=status, kind=kind, tag=tag, comparison_id=comparison_id,
-            parent_run_id=parent_run_id, cursor=cursor, limit=limit,
-        )  # fmt: skip
+            session,
+            team_id=team_id,
+            status=status,
+            kind=kind,
+            tag=tag,
+            comparison_id=comparison_id,
+            parent_run_id=parent_run_id,
+            cursor=cursor,
+            limit=limit,
+        )
     except ValueError as err:  # a forged cursor or an unknown status
         raise InvalidConfigError(
             [{"loc": ["query"], "msg": str(err), "type": "value_error", "input": cursor}]
@@ -123,9 +135,15 @@ def evaluate(
     )
     target = f"checkpoint {body.checkpoint_id}" if body.checkpoint_id is not None else "base model"
     eval_run = store_runs.create_run(
-        session, team_id=run.team_id, config=config.model_dump(mode="json"), kind="eval",
-        name=body.name or f"eval of run {run.id} ({target})", tags=list(run.tags), parent_run_id=run.id,
-        checkpoint_id=body.checkpoint_id, comparison_id=None,
-    )  # fmt: skip
+        session,
+        team_id=run.team_id,
+        config=config.model_dump(mode="json"),
+        kind="eval",
+        name=body.name or f"eval of run {run.id} ({target})",
+        tags=list(run.tags),
+        parent_run_id=run.id,
+        checkpoint_id=body.checkpoint_id,
+        comparison_id=None,
+    )
     enqueue(session, queue=queue, run=eval_run)
     return RunPublic.model_validate(eval_run)

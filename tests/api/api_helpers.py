@@ -73,7 +73,7 @@ def add_sample_images(
                 image_path=saved.image_path,
                 thumb_path=saved.thumb_path,
                 rewards={"shapes": 0.5},
-            )  # fmt: skip
+            )
         )
     ids = [s.id for s in samples.add_samples(session, run_id=run_id, samples=new)]
     session.commit()

@@ -28,8 +28,17 @@ from api.settings import Settings
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 # A few 0.1-second steps on CPU (as in tests/worker): samples at steps 2 and 3, a checkpoint at step 2.
-E2E = {"steps": 3, "prompts_per_step": 4, "group_size": 4, "num_steps": 4, "sde_steps": 1, "eval_every": 0,
-       "sample_every": 2, "num_logged_samples": 2, "checkpoint_every": 2}  # fmt: skip
+E2E = {
+    "steps": 3,
+    "prompts_per_step": 4,
+    "group_size": 4,
+    "num_steps": 4,
+    "sde_steps": 1,
+    "eval_every": 0,
+    "sample_every": 2,
+    "num_logged_samples": 2,
+    "checkpoint_every": 2,
+}
 WAIT_S = 240
 
 
@@ -105,8 +114,9 @@ def test_rest_run_through_a_real_worker(mode, request, tmp_path, base_model_path
     services = Services.from_settings(settings)
     worker = start_worker_process(
         WorkerSettings(DATA_DIR=data_dir, WORKER_HEARTBEAT_SECONDS=1, BROKER_POLL_SECONDS=0.2, **urls),
-        reaper=False, log_file=tmp_path / "worker.log",
-    )  # fmt: skip
+        reaper=False,
+        log_file=tmp_path / "worker.log",
+    )
     try:
         with services.session() as session:
             team = make_team_token(session)
@@ -132,8 +142,13 @@ def test_flowdppo_up_embedded(tmp_path, base_model_path):
     env.update(DATA_DIR=str(tmp_path / "data"), WORKER_HEARTBEAT_SECONDS="1", BROKER_POLL_SECONDS="0.2")
     up = subprocess.Popen(
         [sys.executable, str(ROOT / "flowdppo.py"), "up", "--port", str(port)],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )  # fmt: skip
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     output = []
     try:
         token = None

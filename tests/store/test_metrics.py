@@ -62,8 +62,12 @@ def test_read_series_downsamples_min_max_last(session, run_ids, max_points):
     metrics.append_metrics(session, run_id=run_ids[0], rows=[(s, "k", v, walls[s]) for s, v in a.items()])
     metrics.append_metrics(session, run_id=run_ids[1], rows=[(s, "k", v, walls[s]) for s, v in b.items()])
     series = metrics.read_series(session, run_ids=run_ids, keys=["k", "absent"], max_points=max_points)
-    assert [(s.run_id, s.key) for s in series] == [(run_ids[0], "k"), (run_ids[0], "absent"), (run_ids[1], "k"),
-                                                    (run_ids[1], "absent")]  # fmt: skip
+    assert [(s.run_id, s.key) for s in series] == [
+        (run_ids[0], "k"),
+        (run_ids[0], "absent"),
+        (run_ids[1], "k"),
+        (run_ids[1], "absent"),
+    ]
     lo, hi = min(min(a), min(b)), max(max(a), max(b))  # one bucket width for every series
     width = max(1, math.ceil((hi - lo + 1) / max_points))
     for s, points in ((series[0], a), (series[2], b)):

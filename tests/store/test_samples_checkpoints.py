@@ -15,8 +15,15 @@ def two_runs(session):
 
 
 def _new(step, index, seed=0, prompt="a red circle", reward=0.5):
-    return NewSample(step=step, prompt=prompt, seed=seed, index=index, image_path=f"x/{step}/{index}.png",
-                     thumb_path=f"x/{step}/{index}.thumb.png", rewards={"total": reward})  # fmt: skip
+    return NewSample(
+        step=step,
+        prompt=prompt,
+        seed=seed,
+        index=index,
+        image_path=f"x/{step}/{index}.png",
+        thumb_path=f"x/{step}/{index}.thumb.png",
+        rewards={"total": reward},
+    )
 
 
 def test_add_samples_is_idempotent_and_keeps_ids(session, two_runs):

@@ -27,10 +27,17 @@ def test_win_rates_per_pair(session):
     for i, (left, right, choice) in enumerate(
         [(sa, sb, "left")] * 3 + [(sb, sa, "right")] * 2 + [(sa, sb, "right")] * 2 + [(sb, sa, "tie")]
     ):
-        votes.add_vote(session, team_id=team.id, reviewer="r", left_sample_id=left[i % 4].id,
-                       right_sample_id=right[i % 4].id, choice=choice)  # fmt: skip
-    votes.add_vote(session, team_id=other.id, reviewer="x", left_sample_id=sb[0].id, right_sample_id=sa[0].id,
-                   choice="left")  # fmt: skip
+        votes.add_vote(
+            session,
+            team_id=team.id,
+            reviewer="r",
+            left_sample_id=left[i % 4].id,
+            right_sample_id=right[i % 4].id,
+            choice=choice,
+        )
+    votes.add_vote(
+        session, team_id=other.id, reviewer="x", left_sample_id=sb[0].id, right_sample_id=sa[0].id, choice="left"
+    )
     rates = {(w.run_id, w.opponent_id): w for w in votes.win_rates(session, team_id=team.id)}
     ab, ba = rates[(a.id, b.id)], rates[(b.id, a.id)]
     assert (ab.wins, ab.losses, ab.ties, ab.n) == (5, 2, 1, 8)
@@ -40,18 +47,25 @@ def test_win_rates_per_pair(session):
     assert votes.win_rates(session, team_id=team.id, run_ids=[a.id]) == []
     assert len(votes.list_votes(session, team_id=team.id)) == 8
     with pytest.raises(ValueError):
-        votes.add_vote(session, team_id=team.id, reviewer="r", left_sample_id=sa[0].id, right_sample_id=sb[0].id,
-                       choice="both")  # fmt: skip
+        votes.add_vote(
+            session, team_id=team.id, reviewer="r", left_sample_id=sa[0].id, right_sample_id=sb[0].id, choice="both"
+        )
 
 
 def test_comparison_creates_variant_runs_in_one_transaction(session):
     team = teams.create_team(session, name="c")
     base = {"steps": 5, "loss": "dppo"}
     comparison, made = comparisons.create_comparison(
-        session, team_id=team.id, name="clip vs dppo", base_config=base, tags=["cmp"],
-        variants=[comparisons.VariantRun("dppo", base), comparisons.VariantRun("clip", {**base, "loss": "clip"},
-                                                                               {"loss": "clip"})],
-    )  # fmt: skip
+        session,
+        team_id=team.id,
+        name="clip vs dppo",
+        base_config=base,
+        tags=["cmp"],
+        variants=[
+            comparisons.VariantRun("dppo", base),
+            comparisons.VariantRun("clip", {**base, "loss": "clip"}, {"loss": "clip"}),
+        ],
+    )
     assert [(r.variant, r.comparison_id, r.status, r.tags) for r in made] == [
         ("dppo", comparison.id, "queued", ["cmp"]),
         ("clip", comparison.id, "queued", ["cmp"]),
@@ -64,5 +78,6 @@ def test_comparison_creates_variant_runs_in_one_transaction(session):
     assert [c.id for c in comparisons.list_comparisons(session, team_id=team.id)] == [comparison.id]
     assert runs.count_runs(session, team_id=team.id, comparison_id=comparison.id) == 2
     with pytest.raises(ValueError, match="distinct"):
-        comparisons.create_comparison(session, team_id=team.id, name="x", base_config=base,
-                                      variants=[comparisons.VariantRun("a", base)] * 2)  # fmt: skip
+        comparisons.create_comparison(
+            session, team_id=team.id, name="x", base_config=base, variants=[comparisons.VariantRun("a", base)] * 2
+        )

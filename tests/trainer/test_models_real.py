@@ -80,7 +80,12 @@ def test_sampling_with_logprobs(family):
     sigmas = model.sigmas(4)
     noise = torch.randn(2, *model.sample_shape, generator=torch.Generator().manual_seed(0))
     traj = sample_trajectory(
-        lambda x, s: model.velocity(x, s, embeds), noise, sigmas, [0, 1], "flow_sde", 0.7,
+        lambda x, s: model.velocity(x, s, embeds),
+        noise,
+        sigmas,
+        [0, 1],
+        "flow_sde",
+        0.7,
         torch.randn(2, 2, *noise.shape[1:]),
     )
     assert traj.x.shape == (2, 2, *model.sample_shape)
@@ -133,8 +138,10 @@ def test_velocity_is_independent_of_batch_split_and_cfg_is_uncond_plus_scaled_di
     sigma = torch.tensor([1.0, 0.75, 0.5, 0.1])
     with torch.no_grad():
         whole = model.velocity(x, sigma, embeds, 4.5)
-        halves = [model.velocity(x[i : i + 2], sigma[i : i + 2], {k: v[i : i + 2] for k, v in embeds.items()}, 4.5)
-                  for i in (0, 2)]  # fmt: skip
+        halves = [
+            model.velocity(x[i : i + 2], sigma[i : i + 2], {k: v[i : i + 2] for k, v in embeds.items()}, 4.5)
+            for i in (0, 2)
+        ]
         cond = model.velocity(x, sigma, embeds)
         empty = model.encode_prompts([""] * 4)
         uncond = model.velocity(x, sigma, empty)
@@ -184,14 +191,21 @@ def brightness(images, prompts):
 
 
 TRAIN = dict(
-    steps=1, prompts_per_step=2, group_size=2, num_steps=4, sde_steps=2, num_minibatches=2, eval_every=0,
-    sample_every=0, checkpoint_every=0, learning_rate=1e-3, rewards=[{"name": "shapes"}],
-)  # fmt: skip
-
-
-@pytest.mark.parametrize(
-    ("family", "loss"), [("sd3", "dppo"), ("sd3", "clip"), ("flux", "dppo"), ("flux", "clip")]
+    steps=1,
+    prompts_per_step=2,
+    group_size=2,
+    num_steps=4,
+    sde_steps=2,
+    num_minibatches=2,
+    eval_every=0,
+    sample_every=0,
+    checkpoint_every=0,
+    learning_rate=1e-3,
+    rewards=[{"name": "shapes"}],
 )
+
+
+@pytest.mark.parametrize(("family", "loss"), [("sd3", "dppo"), ("sd3", "clip"), ("flux", "dppo"), ("flux", "clip")])
 def test_one_lora_training_step_then_save_and_reload(tmp_path, family, loss):
     from trainer.train import train  # imported here: the rest of the file needs only the adapters
 
@@ -290,8 +304,18 @@ def test_checkpoints_carry_a_diffusers_loadable_adapter(tmp_path):
 
     model = make_model("sd3")
     config = make_config("sd3").with_overrides(
-        {"steps": 1, "prompts_per_step": 2, "group_size": 2, "num_steps": 4, "sde_window": (0.0, 1.0),
-         "sde_steps": 1, "eval_every": 0, "sample_every": 0, "checkpoint_every": 1, "train_prompts": "shapes:train"}
+        {
+            "steps": 1,
+            "prompts_per_step": 2,
+            "group_size": 2,
+            "num_steps": 4,
+            "sde_window": (0.0, 1.0),
+            "sde_steps": 1,
+            "eval_every": 0,
+            "sample_every": 0,
+            "checkpoint_every": 1,
+            "train_prompts": "shapes:train",
+        }
     )
     train(config, out_dir=tmp_path, model=model)
     assert (tmp_path / "checkpoints" / "step_000001" / "lora" / "pytorch_lora_weights.safetensors").is_file()

@@ -113,8 +113,16 @@ def test_trajectory_records_sde_steps_and_replays_exactly():
         return torch.einsum("ij,bjhw->bihw", w, x.float()) * (1 + s.view(-1, 1, 1, 1))
 
     noise = torch.randn(4, 3, 2, 2)
-    traj = sample_trajectory(velocity, noise, sigmas, [1, 3, 4], "flow_sde", 0.7,
-                             sde_noise=torch.randn(4, 3, 3, 2, 2), storage_dtype=torch.bfloat16)
+    traj = sample_trajectory(
+        velocity,
+        noise,
+        sigmas,
+        [1, 3, 4],
+        "flow_sde",
+        0.7,
+        sde_noise=torch.randn(4, 3, 3, 2, 2),
+        storage_dtype=torch.bfloat16,
+    )
     assert traj.step_indices == [1, 3, 4]
     assert traj.x.shape == (4, 3, 3, 2, 2) and traj.logp_old.shape == (4, 3) and traj.std.shape == (3,)
     assert traj.mean_old.dtype == torch.float32 and traj.x_next.dtype == torch.bfloat16

@@ -86,11 +86,32 @@ def test_reports_every_spec_metric(tmp_path, loss, share):
 
     rewards = [{"name": "shapes"}, {"name": "jpeg_compressibility", "weight": 0}]
     train(tiny_config(steps=1, loss=loss, rewards=rewards), Raw(), out_dir=tmp_path)
-    expected = {"reward/shapes/mean", "reward/shapes/std", "reward/jpeg_compressibility/mean", "reward/total/mean",
-                "adv/abs_mean", "zero_std_fraction", "ratio/mean", "ratio/min", "ratio/max", "approx_kl",
-                "kl_old/mean", "kl_old/max", "kl_ref/mean", share, "loss/policy", "loss/total", "grad_norm", "lr",
-                "selftest/ratio_dev", "selftest/kl_dev", "time/rollout_s", "time/reward_s", "time/train_s",
-                "throughput/images_per_s"}  # fmt: skip
+    expected = {
+        "reward/shapes/mean",
+        "reward/shapes/std",
+        "reward/jpeg_compressibility/mean",
+        "reward/total/mean",
+        "adv/abs_mean",
+        "zero_std_fraction",
+        "ratio/mean",
+        "ratio/min",
+        "ratio/max",
+        "approx_kl",
+        "kl_old/mean",
+        "kl_old/max",
+        "kl_ref/mean",
+        share,
+        "loss/policy",
+        "loss/total",
+        "grad_norm",
+        "lr",
+        "selftest/ratio_dev",
+        "selftest/kl_dev",
+        "time/rollout_s",
+        "time/reward_s",
+        "time/train_s",
+        "throughput/images_per_s",
+    }
     if loss == "dppo":
         expected |= {"mask/pos_fraction", "mask/neg_fraction"}
     assert expected <= set(seen[1]), expected - set(seen[1])
@@ -154,8 +175,9 @@ def test_should_stop_ends_within_one_step_and_checkpoints(tmp_path):
 
 
 def test_jsonl_callback_and_samples(tmp_path):
-    config = tiny_config(steps=1, sample_every=1, num_logged_samples=3, eval_every=1, eval_num_samples=4,
-                         eval_num_steps=4)
+    config = tiny_config(
+        steps=1, sample_every=1, num_logged_samples=3, eval_every=1, eval_num_samples=4, eval_num_steps=4
+    )
     rec = Recorder()
     train(config, JsonlCallback(tmp_path), out_dir=tmp_path)
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

@@ -151,9 +151,13 @@ def tiny_flux_pipeline(seed: int = 0, guidance_embeds: bool = True) -> FluxPipel
         axes_dims_rope=(2, 2, 4),
     )
     scheduler = FlowMatchEulerDiscreteScheduler(
-        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
         max_image_seq_len=4096,
-    )  # fmt: skip
+    )
     return FluxPipeline(
         transformer=transformer,
         scheduler=scheduler,
@@ -172,9 +176,14 @@ def tiny_clip_dir(directory: str | Path, seed: int = 0, image_size: int = 32, pr
     tok = clip_tokenizer()
     text = _clip_text_config(len(tok)).to_dict()
     vision = dict(
-        hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2, image_size=image_size,
-        patch_size=8, projection_dim=projection_dim,
-    )  # fmt: skip
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=image_size,
+        patch_size=8,
+        projection_dim=projection_dim,
+    )
     config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim)
     CLIPModel(config).eval().save_pretrained(directory)
     tok.save_pretrained(directory)

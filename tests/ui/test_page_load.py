@@ -15,9 +15,15 @@ pytestmark = pytest.mark.slow
 
 RUNS, STEPS = 6, 10_000
 CHART_KEYS = (
-    "reward/total/mean", "kl_old/mean", "kl_ref/mean", "mask/fraction", "clip/fraction", "ratio/min", "ratio/max",
+    "reward/total/mean",
+    "kl_old/mean",
+    "kl_ref/mean",
+    "mask/fraction",
+    "clip/fraction",
+    "ratio/min",
+    "ratio/max",
     "grad_norm",
-)  # fmt: skip
+)
 
 
 def test_compare_and_samples_of_6_runs_x_10k_steps_read_downsampled_series(services: Services) -> None:
@@ -25,9 +31,14 @@ def test_compare_and_samples_of_6_runs_x_10k_steps_read_downsampled_series(servi
         team = make_team(session)
         variants = ("clip", "dppo", "cps-clip", "cps-dppo", "b-clip", "b-dppo")[:RUNS]
         _, run_ids = seed_comparison(
-            session, team_id=team.team_id, data_dir=services.settings.DATA_DIR, steps=STEPS, variants=variants,
-            sample_every=2_500, keys=CHART_KEYS,
-        )  # fmt: skip
+            session,
+            team_id=team.team_id,
+            data_dir=services.settings.DATA_DIR,
+            steps=STEPS,
+            variants=variants,
+            sample_every=2_500,
+            keys=CHART_KEYS,
+        )
     keys = [k for k in compare.DEFAULT_KEYS if k != "approx_kl"]
     view = compare.compare_view(services, team.token, run_ids, keys, 0.6, "step")
     grid = samples.grid_html(*samples.sample_grid(services, team.token, run_ids, None))

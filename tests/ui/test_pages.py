@@ -61,8 +61,14 @@ def test_runs_table_progress_reward_filters_and_timer(services: Services, seeded
 
 
 def test_cancel_from_the_table_and_the_timer_runs_while_something_is_active(services: Services, team: Team) -> None:
-    [run_id] = submit.submit(services, team.token, submit.form_specs(), "shapes-dppo",
-                             submit.preset_values(submit.form_specs(), "shapes-dppo"), tags="x")  # fmt: skip
+    [run_id] = submit.submit(
+        services,
+        team.token,
+        submit.form_specs(),
+        "shapes-dppo",
+        submit.preset_values(submit.form_specs(), "shapes-dppo"),
+        tags="x",
+    )
     view = runs.runs_table(services, team.token, "queued", "x")
     assert view.active and list(view.frame["id"]) == [run_id]
     assert "cancelled" in runs.cancel_run(services, team.token, run_id)
@@ -117,11 +123,13 @@ def test_submit_as_comparison_same_config_and_seeds_but_the_loss(services: Servi
     specs = submit.form_specs()
     values = submit.preset_values(specs, "shapes-dppo")
     values[[s.name for s in specs].index("steps")] = 12
-    ids = submit.submit(services, team.token, specs, "shapes-dppo", values, name="pair", comparison=True,
-                        with_cps=True)  # fmt: skip
+    ids = submit.submit(
+        services, team.token, specs, "shapes-dppo", values, name="pair", comparison=True, with_cps=True
+    )
     with services.session() as session:
-        configs = {r.variant: r.config for r in (run_service.get_run(session, team_id=team.team_id, run_id=i)
-                                                 for i in ids)}  # fmt: skip
+        configs = {
+            r.variant: r.config for r in (run_service.get_run(session, team_id=team.team_id, run_id=i) for i in ids)
+        }
     assert set(configs) == {"clip", "dppo", "cps-clip", "cps-dppo"}
     assert configs["clip"]["loss"] == "clip" and configs["dppo"]["loss"] == "dppo"
     assert configs["cps-dppo"]["sampler"] == "cps" and {c["steps"] for c in configs.values()} == {12}
@@ -139,8 +147,9 @@ def test_compare_view_charts_summary_and_config_diff(services: Services, seeded:
     smoothed = [t for t in view.chart.data if t.meta == "smoothed"]
     # reward, eval reward, KL old, KL ref, mask|clip, ratio range, grad norm, approx_kl: both runs each
     assert len(smoothed) == 2 * len(compare.DEFAULT_KEYS)
-    colors = {t.legendgroup: {u.line.color for u in view.chart.data if u.legendgroup == t.legendgroup}
-              for t in smoothed}  # fmt: skip
+    colors = {
+        t.legendgroup: {u.line.color for u in view.chart.data if u.legendgroup == t.legendgroup} for t in smoothed
+    }
     assert all(len(c) == 1 for c in colors.values()) and len({next(iter(c)) for c in colors.values()}) == 2
     assert [t.name for t in view.reward_kl.data] == [f"#{clip} clip", f"#{dppo} dppo"]
     summary = view.summary.set_index("run")

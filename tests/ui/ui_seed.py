@@ -21,8 +21,13 @@ from trainer.presets import get_preset
 
 SECONDS_PER_STEP = 1.05  # seeded runs log step s at start + s x 1.05 s
 PROMPTS = ["a red circle", "two blue squares", "a green triangle above a yellow circle", "three purple stars"]
-COLOURS = {"red": (220, 40, 40), "blue": (40, 80, 220), "green": (40, 170, 60), "yellow": (230, 200, 40),
-           "purple": (140, 60, 180)}  # fmt: skip
+COLOURS = {
+    "red": (220, 40, 40),
+    "blue": (40, 80, 220),
+    "green": (40, 170, 60),
+    "yellow": (230, 200, 40),
+    "purple": (140, 60, 180),
+}
 
 
 @dataclass
@@ -89,22 +94,35 @@ def seed_comparison(
 ) -> tuple[int, list[int]]:
     """A finished comparison with `steps` steps per run; returns (comparison id, run ids in variant order)."""
     base = get_preset("shapes-dppo").model_copy(update={"steps": steps}).model_dump(mode="json")
-    vrs = [store_comparisons.VariantRun(name=v, config={**base, "loss": v.split("-")[-1]}, overrides={"loss": v})
-           for v in variants]  # fmt: skip
+    vrs = [
+        store_comparisons.VariantRun(name=v, config={**base, "loss": v.split("-")[-1]}, overrides={"loss": v})
+        for v in variants
+    ]
     comparison, runs = store_comparisons.create_comparison(
-        session, team_id=team_id, name=f"seeded {' vs '.join(variants)}", base_config=base, variants=vrs,
+        session,
+        team_id=team_id,
+        name=f"seeded {' vs '.join(variants)}",
+        base_config=base,
+        variants=vrs,
         preset="shapes-dppo",
-    )  # fmt: skip
+    )
     rng = np.random.default_rng(seed)
     all_steps = np.arange(1, steps + 1)
     for run in runs:
         series = curves(run.variant or "", all_steps.astype(float), rng)
         start = utcnow() - timedelta(seconds=steps * SECONDS_PER_STEP)
         wall = {int(s): start + timedelta(seconds=int(s) * SECONDS_PER_STEP) for s in all_steps}
-        rows = [(int(s), k, float(v[i]), wall[int(s)]) for k, v in series.items() if keys is None or k in keys
-                for i, s in enumerate(all_steps)]  # fmt: skip
-        rows += [(int(s), "eval/reward/total/mean", float(series["reward/total/mean"][s - 1] + 0.03), wall[int(s)])
-                 for s in all_steps if s % 10 == 0]  # fmt: skip
+        rows = [
+            (int(s), k, float(v[i]), wall[int(s)])
+            for k, v in series.items()
+            if keys is None or k in keys
+            for i, s in enumerate(all_steps)
+        ]
+        rows += [
+            (int(s), "eval/reward/total/mean", float(series["reward/total/mean"][s - 1] + 0.03), wall[int(s)])
+            for s in all_steps
+            if s % 10 == 0
+        ]
         metrics.append_metrics(session, run_id=run.id, rows=rows)
         session.commit()
         quality_gain = 0.9 if (run.variant or "").endswith("dppo") else 0.5
@@ -113,26 +131,41 @@ def seed_comparison(
             new = []
             for index, prompt in enumerate(PROMPTS):
                 image = shape_image(prompt, min(quality, 1.0), seed=run.id * 1000 + step + index)
-                saved = artifacts.save_sample_image(data_dir, run_id=run.id, step=step, index=index, seed=index,
-                                                    image=image)  # fmt: skip
+                saved = artifacts.save_sample_image(
+                    data_dir, run_id=run.id, step=step, index=index, seed=index, image=image
+                )
                 reward = float(series["reward/total/mean"][max(step - 1, 0)]) + 0.01 * index
-                new.append(samples.NewSample(step=step, prompt=prompt, seed=index, index=index,
-                                             image_path=saved.image_path, thumb_path=saved.thumb_path,
-                                             rewards={"shapes": round(reward, 4)}))  # fmt: skip
+                new.append(
+                    samples.NewSample(
+                        step=step,
+                        prompt=prompt,
+                        seed=index,
+                        index=index,
+                        image_path=saved.image_path,
+                        thumb_path=saved.thumb_path,
+                        rewards={"shapes": round(reward, 4)},
+                    )
+                )
             samples.add_samples(session, run_id=run.id, samples=new)
             session.commit()
         folder = artifacts.run_dir(data_dir, run.id) / "checkpoints" / f"step_{steps:06d}"
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "state.json").write_text(f'{{"step": {steps}}}')
-        checkpoints.add_checkpoint(session, run_id=run.id, step=steps,
-                                   path=artifacts.relative_to_data(data_dir, folder))  # fmt: skip
+        checkpoints.add_checkpoint(
+            session, run_id=run.id, step=steps, path=artifacts.relative_to_data(data_dir, folder)
+        )
         store_runs.add_event(session, run_id=run.id, message=f"finished {steps} steps")
         finish(session, run.id, steps=steps, seconds=steps * SECONDS_PER_STEP, started_at=start)
     return comparison.id, [r.id for r in runs]
 
 
 def finish(
-    session: Session, run_id: int, *, steps: int, seconds: float, status: str = "succeeded",
+    session: Session,
+    run_id: int,
+    *,
+    steps: int,
+    seconds: float,
+    status: str = "succeeded",
     started_at: datetime | None = None,
 ) -> None:
     run = store_runs.get_run(session, run_id=run_id)

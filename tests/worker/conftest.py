@@ -59,9 +59,12 @@ def tiny_config(base_model_path):
 @pytest.fixture
 def ctx(db_engine, tmp_path) -> JobContext:
     return JobContext(
-        session_factory=make_sessionmaker(db_engine), data_dir=tmp_path / "data", worker="test@host",
-        heartbeat_seconds=0.2, stale_after=timedelta(seconds=30),
-    )  # fmt: skip
+        session_factory=make_sessionmaker(db_engine),
+        data_dir=tmp_path / "data",
+        worker="test@host",
+        heartbeat_seconds=0.2,
+        stale_after=timedelta(seconds=30),
+    )
 
 
 @pytest.fixture

@@ -106,9 +106,15 @@ def stack(request, tmp_path) -> Iterator[Stack]:
     else:
         db_url, broker_url = request.getfixturevalue("make_pg_schema")(), request.getfixturevalue("redis_url")
     settings = WorkerSettings(
-        DATA_DIR=tmp_path / "data", DATABASE_URL=db_url, BROKER_URL=broker_url, WORKER_DEVICE="cpu",
-        WORKER_HEARTBEAT_SECONDS=0.5, RUN_STALE_AFTER_SECONDS=4, REAPER_INTERVAL_SECONDS=0.5, BROKER_POLL_SECONDS=0.2,
-    )  # fmt: skip
+        DATA_DIR=tmp_path / "data",
+        DATABASE_URL=db_url,
+        BROKER_URL=broker_url,
+        WORKER_DEVICE="cpu",
+        WORKER_HEARTBEAT_SECONDS=0.5,
+        RUN_STALE_AFTER_SECONDS=4,
+        REAPER_INTERVAL_SECONDS=0.5,
+        BROKER_POLL_SECONDS=0.2,
+    )
     (tmp_path / "logs").mkdir()
     stack = Stack(settings=settings, log_dir=tmp_path / "logs")
     yield stack

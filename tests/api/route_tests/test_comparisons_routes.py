@@ -8,8 +8,12 @@ from store import runs as store_runs
 
 
 def test_create_and_read_back_aligned(client, services, session, team):
-    body = {"name": "clip vs dppo", "preset": "shapes-dppo", "overrides": TINY,
-            "variants": {"clip": {"loss": "clip"}, "dppo": {"loss": "dppo"}}}  # fmt: skip
+    body = {
+        "name": "clip vs dppo",
+        "preset": "shapes-dppo",
+        "overrides": TINY,
+        "variants": {"clip": {"loss": "clip"}, "dppo": {"loss": "dppo"}},
+    }
     r = client.post(f"{API}/comparisons", json=body, headers=team.headers)
     assert r.status_code == 201, r.text
     comparison = r.json()
