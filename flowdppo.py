@@ -1,4 +1,4 @@
-"""The `flowdppo` command: composes each component's subcommands (trainer, store, worker, api) into one CLI."""
+"""The `flowdppo` command: composes each component's subcommands (trainer, store, worker, server, api) into one CLI."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import importlib
 import sys
 
 # Each module exposes `register(subparsers)`; subcommand handlers import their heavy dependencies lazily.
-COMPONENT_CLIS = ("trainer.cli", "store.cli", "worker.cli", "api.cli")
+COMPONENT_CLIS = ("trainer.cli", "store.cli", "worker.cli", "server", "api.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

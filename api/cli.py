@@ -1,4 +1,6 @@
-"""`flowdppo api|token|up|submit|runs|watch|cancel|compare`: the server, tokens, embedded mode, a REST client CLI.
+"""`flowdppo token|submit|runs|watch|cancel|compare`: tokens (operator commands) and a REST client CLI.
+
+`flowdppo api` and `flowdppo up` serve the API with the dashboard: they live in server.py, the composition root.
 
 Client commands take --url/--token or env FLOWDPPO_URL / FLOWDPPO_TOKEN. Heavy imports happen inside handlers.
 """
@@ -13,24 +15,21 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-COMPARE_COLUMNS = [  # (header, key, field): the `flowdppo compare` table
-    ("reward final", "reward/total/mean", "final"),
-    ("reward best", "reward/total/mean", "best"),
-    ("eval reward", "eval/reward/total/mean", "final"),
-    ("kl_ref", "kl_ref/mean", "final"),
-    ("mask frac", "mask/fraction", "final"),
-    ("clip frac", "clip/fraction", "final"),
-]
+
+def _compare_columns() -> list[tuple[str, str, str]]:
+    """(header, key, field) of the `flowdppo compare` table; the trust-region columns come from the loss registry."""
+    from trainer.losses import trust_region_metrics
+
+    return [
+        ("reward final", "reward/total/mean", "final"),
+        ("reward best", "reward/total/mean", "best"),
+        ("eval reward", "eval/reward/total/mean", "final"),
+        ("kl_ref", "kl_ref/mean", "final"),
+        *[(key.replace("/fraction", " frac"), key, "final") for key in trust_region_metrics()],  # mask frac, clip frac
+    ]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("api", help="Serve the REST API (and the dashboard at /ui) with uvicorn.")
-    p.add_argument("--host", default=None, help="Default: API_HOST (127.0.0.1).")
-    p.add_argument("--port", type=int, default=None, help="Default: API_PORT (8000).")
-    p.add_argument("--workers", type=int, default=1, help="Server processes sharing the port (e.g. one per core).")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    p.set_defaults(handler=_api)
-
     p = subparsers.add_parser("token", help="API tokens.")
     token_sub = p.add_subparsers(dest="token_command", required=True, metavar="ACTION")
     create = token_sub.add_parser("create", help="Create a token for a team (the team is created if needed).")
@@ -43,12 +42,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     revoke = token_sub.add_parser("revoke", help="Revoke a token by id (see `token list`); refused from then on.")
     revoke.add_argument("token_id", type=int, metavar="ID")
     revoke.set_defaults(handler=_token_revoke)
-
-    p = subparsers.add_parser("up", help="Embedded mode: API + dashboard + one worker on this machine (SQLite).")
-    p.add_argument("--host", default=None, help="Default: API_HOST (127.0.0.1).")
-    p.add_argument("--port", type=int, default=None, help="Default: API_PORT (8000).")
-    p.add_argument("--demo", action="store_true", help="Also submit the shapes-clip vs shapes-dppo comparison.")
-    p.set_defaults(handler=_up)
 
     client = argparse.ArgumentParser(add_help=False)
     client.add_argument("--url", default=None, help="Server URL (env FLOWDPPO_URL, default http://127.0.0.1:8000).")
@@ -83,42 +76,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_compare)
 
 
-# --- server ---
-
-
-def _api(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from api.settings import Settings
-
-    settings = Settings()
-    host, port = args.host or settings.API_HOST, args.port or settings.API_PORT
-    if args.workers <= 1:
-        uvicorn.run("api.main:create_app", factory=True, host=host, port=port, log_level=args.log_level)
-        return 0
-    _serve_workers(host, port, args.workers, args.log_level)
-    return 0
-
-
-def _serve_workers(host: str, port: int, workers: int, log_level: str) -> None:
-    """`workers` uvicorn processes accepting on one listening socket, made here rather than by uvicorn.
-
-    uvicorn's own --workers socket is created without proto=IPPROTO_TCP, so asyncio never sets TCP_NODELAY on the
-    connections it accepts: every response (headers, then body) then waits on the client's delayed ACK, ~40 ms.
-    """
-    import socket
-
-    import uvicorn
-    from uvicorn.supervisors import Multiprocess
-
-    config = uvicorn.Config(
-        "api.main:create_app", factory=True, host=host, port=port, workers=workers, log_level=log_level
-    )
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.set_inheritable(True)
-    Multiprocess(config, sockets=[sock]).run()
+# --- operator commands ---
 
 
 def _operator_session() -> Session:
@@ -176,12 +134,6 @@ def _token_revoke(args: argparse.Namespace) -> int:
 
 def _role(is_admin: bool) -> str:
     return "admin" if is_admin else "member"
-
-
-def _up(args: argparse.Namespace) -> int:
-    from api.embedded import run_embedded
-
-    return run_embedded(host=args.host, port=args.port, demo=args.demo, echo=lambda text: print(text, flush=True))
 
 
 # --- client commands ---
@@ -325,10 +277,11 @@ def _compare(args: argparse.Namespace) -> int:
             summaries = client.summaries(args.run_ids)
     except (ApiError, httpx.HTTPError) as err:
         return _fail(err)
-    table = Table("run", "name", "status", "steps", *(header for header, _, _ in COMPARE_COLUMNS), "time")
+    columns = _compare_columns()
+    table = Table("run", "name", "status", "steps", *(header for header, _, _ in columns), "time")
     for s in summaries.data:
         cells = []
-        for _, key, field in COMPARE_COLUMNS:
+        for _, key, field in columns:
             m = s.metrics.get(key)
             value = None if m is None else getattr(m, field)
             cells.append("-" if value is None else f"{value:.4g}")

@@ -12,7 +12,7 @@ Who receives the SIGTERM, and how the flag gets set:
   in this process) and forwards SIGTERM to the prefork pool's children, which Celery's warm shutdown does not
   signal (it closes the pool and waits for the job).
 - the pool child running the job, directly too when the whole process group is signalled (`kill -TERM -PGID`,
-  Ctrl-C in a terminal, api/embedded.py). A prefork child otherwise dies at once on SIGTERM (billiard's handler
+  Ctrl-C in a terminal, embedded.py). A prefork child otherwise dies at once on SIGTERM (billiard's handler
   exits it: WorkerLostError, the message is requeued, the run stays 'running' until the reaper finds it), so
   while a job runs, preemptible() replaces that handler with one that only sets the flag.
 """

@@ -90,7 +90,7 @@ def services(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 @pytest.fixture(scope="session")
 def client(services: Services) -> Iterator[TestClient]:
-    with TestClient(create_app(services.settings, services, mount_ui=False)) as c:
+    with TestClient(create_app(services.settings, services)) as c:
         yield c
 
 

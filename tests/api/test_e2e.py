@@ -120,7 +120,7 @@ def test_rest_run_through_a_real_worker(mode, request, tmp_path, base_model_path
     try:
         with services.session() as session:
             team = make_team_token(session)
-        with TestClient(create_app(settings, services, mount_ui=False)) as http:
+        with TestClient(create_app(settings, services)) as http:
             client = Client(token=team.token, http=http)
             run = client.create_run(preset="shapes-dppo", overrides={**E2E, "model_path": base_model_path})
             _check_finished_run(client, run.id)

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from ui_seed import Team, make_team, seed_comparison
 
-from api.main import create_app
 from api.services import Services
 from api.settings import Settings
+from server import create_server
 from store.migrate import upgrade
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -61,7 +61,7 @@ def live_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Te
         seed_comparison(session, team_id=team.team_id, data_dir=data_dir, steps=80)
     port = _free_port()
     server = uvicorn.Server(
-        uvicorn.Config(create_app(settings, services), host="127.0.0.1", port=port, log_level="warning")
+        uvicorn.Config(create_server(settings, services), host="127.0.0.1", port=port, log_level="warning")
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -182,7 +182,7 @@ def test_sigterm_preempts_the_run_and_a_new_worker_resumes_it(stack, tiny_config
     """A stopped worker (deploy, preemptible node, `docker compose stop`) checkpoints its run after the current step,
     queues it again and exits at once, instead of training to the end; the next worker resumes from that checkpoint.
 
-    Embedded: SIGTERM to the whole process group, as api/embedded.py and Ctrl-C do (the pool child gets it too).
+    Embedded: SIGTERM to the whole process group, as embedded.py and Ctrl-C do (the pool child gets it too).
     Distributed: SIGTERM to the worker's main process alone, as docker's init does (it forwards it to the child)."""
     first, name = stack.start_worker()
     total = 12

@@ -1,5 +1,6 @@
 """`flowdppo up`: the whole platform on one machine (platform.md "Embedded"): migrations, a local team and token,
-one worker subprocess (with the heartbeat reaper), and the API + dashboard in this process. Ctrl-C stops it all.
+one worker subprocess (with the heartbeat reaper), and the API + dashboard (server.py) in this process. Ctrl-C stops
+it all. A composition module beside server.py: the one place besides it that knows api/ and worker/ both.
 
 The same code runs distributed when DATABASE_URL / BROKER_URL point at PostgreSQL and Redis.
 """
@@ -20,6 +21,8 @@ from api.services import Services
 from api.services import comparisons as comparison_service
 from api.services import teams as team_service
 from api.settings import Settings
+from worker.launch import start_worker_process
+from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 LOCAL_TEAM = "local"
@@ -53,9 +56,6 @@ def submit_demo(services: Services, *, team_id: int) -> list[int]:
 
 
 def start_worker(settings: Settings) -> subprocess.Popen[bytes]:
-    from worker.launch import start_worker_process
-    from worker.settings import WorkerSettings
-
     worker_settings = WorkerSettings(
         DATA_DIR=settings.DATA_DIR, DATABASE_URL=settings.DATABASE_URL, BROKER_URL=settings.BROKER_URL
     )
@@ -83,7 +83,7 @@ def run_embedded(
     """Run until Ctrl-C; `echo` shows the banner and progress (the CLI passes print)."""
     import uvicorn
 
-    from api.main import create_app
+    from server import create_server
     from store.migrate import upgrade
 
     settings = Settings()
@@ -100,7 +100,7 @@ def run_embedded(
         demo_runs = submit_demo(services, team_id=principal.team_id) if demo else []
         echo(_banner(settings, host=host, port=port, token=token, demo_runs=demo_runs))
         server = uvicorn.Server(
-            uvicorn.Config(create_app(settings, services), host=host, port=port, log_level="warning")
+            uvicorn.Config(create_server(settings, services), host=host, port=port, log_level="warning")
         )
         # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal with the previous handlers:
         # make SIGTERM (like Ctrl-C) an exception, so that the worker is stopped below in both cases.
