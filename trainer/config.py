@@ -9,17 +9,17 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from trainer.losses import LOSSES
 from trainer.prompts import check_prompt_spec
 from trainer.rewards.registry import check_reward_options
 
-LossName = Literal["dppo", "clip", "none"]
+LossName = Literal[tuple(LOSSES)]  # the loss registry's names: "dppo", "clip", "none"
 SamplerName = Literal["flow_sde", "cps"]
 PromptSpec = Annotated[str, AfterValidator(check_prompt_spec)]  # "shapes:<split>" or "file:<path>"
 ModelFamily = Literal["builtin", "sd3", "flux"]
 
-# Spec §2/§6: the noise level defaults depend on the sampler; spec §4: the advantage clip depends on the loss.
+# Spec §2/§6: the noise level defaults depend on the sampler (the advantage clip's on the loss: its LossSpec).
 DEFAULT_NOISE_LEVEL = {"flow_sde": 0.7, "cps": 0.8}
-DEFAULT_ADVANTAGE_CLIP = {"dppo": None, "clip": 5.0, "none": None}
 # Real-models issue: LoRA r=32 for SD3-class models (spec §6), 64 for FLUX; the 0.44M-parameter builtin trains fully.
 DEFAULT_LORA_RANK = {"builtin": 0, "sd3": 32, "flux": 64}
 # CFG at evaluation: the builtin is trained without it; SD3.5's and FLUX.1-dev's usual sampling scales.
@@ -145,7 +145,7 @@ class TrainConfig(BaseModel):
     @property
     def effective_advantage_clip(self) -> float | None:
         if self.advantage_clip == "auto":
-            return DEFAULT_ADVANTAGE_CLIP[self.loss]
+            return LOSSES[self.loss].advantage_clip
         return self.advantage_clip
 
     @property

@@ -1,25 +1,82 @@
-"""Policy losses: Flow-DPPO's divergence mask, Flow-GRPO's ratio clip, and plain policy gradient (spec §4).
+"""Policy losses and their registry: Flow-DPPO's divergence mask, Flow-GRPO's ratio clip, plain policy gradient (§4).
 
 Shapes throughout: logp_new, logp_old, kl_old: (B, S) for B samples and S trained steps; adv: (B,).
-Each loss returns (loss, stats) with stats named as in spec §7.
+Each loss returns (loss, stats) with stats named as in spec §7, kept as detached 0-d tensors: the trainer converts
+them once per step, at report time (trainer.stats).
+
+Adding a loss: one function here, one `LossSpec` in `LOSSES`, tests. The trainer builds one `LossInputs` per
+micro-batch and calls `compute_loss`; the config's `loss` choices and `advantage_clip="auto"` come from the registry.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any
+
 import torch
 
+Stats = dict[str, torch.Tensor]  # metric name (spec §7) -> detached 0-d tensor
 
-def _ratio_stats(ratio: torch.Tensor, logp_new: torch.Tensor, logp_old: torch.Tensor) -> dict[str, float]:
+
+@dataclass(frozen=True)
+class LossInputs:
+    """The tensors a training step has for its B rows and S trained (SDE) steps; a loss names the ones it reads."""
+
+    logp_new: torch.Tensor  # (B, S) log pi_theta(x' | x), with gradient
+    logp_old: torch.Tensor  # (B, S) log pi_old(x' | x) recorded at rollout
+    advantages: torch.Tensor  # (B,) A_i, broadcast over steps
+    kl: torch.Tensor  # (B, S) D = KL(pi_old || pi_theta) (spec §3); with gradient only for a `kl_grad` entry
+    std: torch.Tensor  # (S,) transition std of each trained step, shared by old and new policy
+    dt: torch.Tensor  # (S,) sigma_{t+1} - sigma_t (< 0) of each trained step
+
+
+LOSS_INPUTS = tuple(f.name for f in fields(LossInputs))
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """One selectable loss and the facts the rest of the platform needs about it.
+
+    Attributes:
+        name: the config's `loss` value.
+        fn: the loss function; called as fn(*inputs, **knobs) and returns (loss, stats).
+        inputs: the `LossInputs` fields passed positionally, in order.
+        knobs: TrainConfig fields passed by keyword (parameter name = field name), e.g. ("delta",).
+        advantage_clip: what `advantage_clip="auto"` means for this loss (None = no clip; spec §4).
+        trust_region_metric: the stat that measures its trust region (dashboard, summaries, CLI), or None.
+        kl_grad: the trainer computes D with gradient (e.g. GRPO-Guard's ratio normalisation, spec §10).
+    """
+
+    name: str
+    fn: Callable[..., tuple[torch.Tensor, Stats]]
+    inputs: tuple[str, ...]
+    knobs: tuple[str, ...] = ()
+    advantage_clip: float | None = None
+    trust_region_metric: str | None = None
+    kl_grad: bool = False
+
+    def __post_init__(self) -> None:
+        unknown = [name for name in self.inputs if name not in LOSS_INPUTS]
+        if unknown:
+            raise ValueError(f"loss {self.name!r}: inputs {unknown} are not LossInputs fields {LOSS_INPUTS}")
+
+
+def _ratio_stats(ratio: torch.Tensor, logp_new: torch.Tensor, logp_old: torch.Tensor) -> Stats:
     log_ratio = (logp_new - logp_old).detach()
+    ratio = ratio.detach()
     return {
-        "ratio/mean": ratio.detach().mean().item(),
-        "ratio/min": ratio.detach().min().item(),
-        "ratio/max": ratio.detach().max().item(),
-        "approx_kl": (0.5 * log_ratio**2).mean().item(),  # spec §7: mean ½·(log r)²
+        "ratio/mean": ratio.mean(),
+        "ratio/min": ratio.min(),
+        "ratio/max": ratio.max(),
+        "approx_kl": (0.5 * log_ratio**2).mean(),  # spec §7: mean ½·(log r)²
     }
 
 
-def dppo_loss(logp_new, logp_old, advantages, kl, delta):
+DPPO_MASKS = ("asymmetric", "symmetric", "first_order")  # spec §9, config key `dppo_mask`
+
+
+def dppo_loss(logp_new, logp_old, advantages, kl, delta, mask="asymmetric"):
     """Flow-DPPO: no clipping; block only updates that move further away once D > delta.
 
     Paper Eq. 17-18 (compact mask Eq. 23); spec §4:
@@ -29,23 +86,38 @@ def dppo_loss(logp_new, logp_old, advantages, kl, delta):
     Corrective updates (moving back toward pi_old) are never blocked: the asymmetry matters (without it the mask
     collapses training). D = KL(pi_old || pi_theta) is computed without gradient and only drives the mask.
 
+    Mask variants (spec §9), each a condition for M = 0 on top of D > delta:
+        asymmetric   (default, Eq. 18):               A·(r - 1) > 0      (the rule above)
+        symmetric    ("w/o asymmetry" ablation, Fig. 3): none            (every term beyond delta is dropped)
+        first_order  (Appendix E, not validated):      A·(log r - D) > 0  (a step on A·r would increase D)
+    The sign conditions are evaluated as comparisons, not products, so tiny A or r - 1 cannot underflow to 0.
+
     Args:
         logp_new: (B, S) with grad. logp_old: (B, S). advantages: (B,). kl: (B, S) D per sample and step.
         delta: threshold on D.
+        mask: "asymmetric", "symmetric" or "first_order".
     """
+    if mask not in DPPO_MASKS:
+        raise ValueError(f"mask must be one of {DPPO_MASKS}, got {mask!r}")
     adv = advantages.unsqueeze(1)  # (B, 1), broadcast over steps
     ratio = torch.exp(logp_new - logp_old)  # (B, S)
     kl_old = kl.detach()
-    moving_away = ((adv > 0) & (ratio > 1)) | ((adv < 0) & (ratio < 1))
-    mask = ~((kl_old > delta) & moving_away)  # (B, S) True = keep
-    loss = (-adv * ratio * mask).mean()  # masked terms are exact zeros: no gradient flows through them
+    if mask == "asymmetric":
+        moving_away = ((adv > 0) & (ratio > 1)) | ((adv < 0) & (ratio < 1))
+    elif mask == "symmetric":
+        moving_away = torch.ones_like(kl_old, dtype=torch.bool)
+    else:  # first_order: log r - D is the first-order change of D under a step on A·r (up to a positive factor)
+        log_ratio = (logp_new - logp_old).detach()
+        moving_away = ((adv > 0) & (log_ratio > kl_old)) | ((adv < 0) & (log_ratio < kl_old))
+    keep = ~((kl_old > delta) & moving_away)  # (B, S) M: True = keep
+    loss = (-adv * ratio * keep).mean()  # masked terms are exact zeros: no gradient flows through them
     stats = _ratio_stats(ratio, logp_new, logp_old)
-    blocked = (~mask).float()
+    blocked = (~keep).float()
     stats.update(
         {
-            "mask/fraction": blocked.mean().item(),
-            "mask/pos_fraction": (blocked * (adv > 0)).mean().item(),
-            "mask/neg_fraction": (blocked * (adv < 0)).mean().item(),
+            "mask/fraction": blocked.mean(),
+            "mask/pos_fraction": (blocked * (adv > 0)).mean(),
+            "mask/neg_fraction": (blocked * (adv < 0)).mean(),
         }
     )
     return loss, stats
@@ -63,7 +135,7 @@ def clip_loss(logp_new, logp_old, advantages, clip_range):
     clipped = -adv * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
     loss = torch.maximum(unclipped, clipped).mean()
     stats = _ratio_stats(ratio, logp_new, logp_old)
-    stats["clip/fraction"] = ((ratio - 1.0).abs() > clip_range).float().mean().item()
+    stats["clip/fraction"] = ((ratio.detach() - 1.0).abs() > clip_range).float().mean()
     return loss, stats
 
 
@@ -74,9 +146,105 @@ def pg_loss(logp_new, logp_old, advantages):
     return loss, _ratio_stats(ratio, logp_new, logp_old)
 
 
-# One call signature for the trainer: (logp_new, logp_old, adv, kl, delta, clip_range) -> (loss, stats).
-LOSSES = {
-    "dppo": lambda logp_new, logp_old, adv, kl, delta, clip_range: dppo_loss(logp_new, logp_old, adv, kl, delta),
-    "clip": lambda logp_new, logp_old, adv, kl, delta, clip_range: clip_loss(logp_new, logp_old, adv, clip_range),
-    "none": lambda logp_new, logp_old, adv, kl, delta, clip_range: pg_loss(logp_new, logp_old, adv),
+def grpo_guard_loss(logp_new, logp_old, advantages, kl, std, dt, clip_range, reweight=True):
+    """GRPO-Guard (arXiv 2510.22319): Flow-GRPO's clip on a normalised ratio, each step reweighted by 1/(-dt).
+
+    Spec §10 (mean reduction), for sample i and trained step t:
+        log r~_{i,t} = std_t · (log r_{i,t} + D_{i,t})   (= mean_dims z·(mu_theta - mu_old) when x' = mu_old + std_t·z)
+        r~ = exp(log r~)
+        L = mean_{i,t} ( w_t · max(-A_i·r~, -A_i·clip(r~, 1-eps, 1+eps)) ),   w_t = 1/(-dt_t) if reweight else 1
+    Unlike dppo, D keeps its gradient: it cancels the -D inside log r, which is what centres r~ (official code).
+
+    Args:
+        logp_new: (B, S) with grad. logp_old: (B, S). advantages: (B,). kl: (B, S) D, with grad.
+        std: (S,) transition std of each trained step. dt: (S,) sigma_{t+1} - sigma_t (< 0).
+        clip_range: eps (2e-6 for this loss). reweight: apply w_t (Flow-Factory omits it).
+    """
+    adv = advantages.unsqueeze(1)  # (B, 1)
+    log_ratio = std * (logp_new - logp_old + kl)  # (B, S) log r~; std (S,) broadcasts over samples
+    ratio = torch.exp(log_ratio)  # (B, S) r~
+    unclipped = -adv * ratio
+    clipped = -adv * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    weight = 1.0 / -dt if reweight else torch.ones_like(dt)  # (S,) w_t: per-step gradient reweight
+    loss = (weight * torch.maximum(unclipped, clipped)).mean()
+    stats = _ratio_stats(ratio, log_ratio, torch.zeros_like(log_ratio))  # ratio/* and approx_kl of r~
+    stats["clip/fraction"] = ((ratio.detach() - 1.0).abs() > clip_range).float().mean()
+    return loss, stats
+
+
+NFT_WEIGHT_FLOOR = 1e-5  # spec §11: w± floor, as in the official code
+
+
+def nft_loss(v, v_old, x_s, x0, s, advantages, beta, adv_clip=5.0):
+    """Diffusion-NFT (arXiv 2509.16117): a flow-matching loss toward implicit positive / negative policies.
+
+    Spec §11, per sample i (no reference-KL term: the loop adds beta_kl · mean (v - v_ref)²):
+        v+ = beta·v + (1 - beta)·v_old;   v- = (1 + beta)·v_old - beta·v
+        x0± = x_s - s·v±;   w± = stopgrad(mean_dims |x0± - x0|) floored at 1e-5;   l± = mean_dims (x0± - x0)² / w±
+        r = clip(0.5 + 0.5·clip(A, -c, c)/c, 0, 1)          (advantage mapped to an optimality probability)
+        L = c · mean_i ( r_i·l+_i + (1 - r_i)·l-_i ) / beta  (c = adv_clip: the official code scales by it)
+
+    Args:
+        v: (B, ...) v_theta(x_s, s), with grad. v_old: (B, ...) v_theta_old(x_s, s), no grad.
+        x_s: (B, ...) noised samples (1 - s)·x0 + s·eps. x0: (B, ...) clean rollout samples. s: (B,) noise levels.
+        advantages: (B,). beta: the policy mix (1.0). adv_clip: c (5.0).
+    """
+    v, v_old, x_s, x0 = v.float(), v_old.detach().float(), x_s.float(), x0.float()  # float32 math (spec §2)
+    dims = tuple(range(1, v.ndim))  # every latent dim: 4-D images and 5-D video alike
+    s = s.float().reshape(-1, *([1] * len(dims)))  # (B, 1, ..., 1)
+    v_pos = beta * v + (1 - beta) * v_old
+    v_neg = (1 + beta) * v_old - beta * v
+    err_pos = x_s - s * v_pos - x0  # x0+ - x0
+    err_neg = x_s - s * v_neg - x0  # x0- - x0
+    w_pos = err_pos.detach().abs().mean(dims).clamp_min(NFT_WEIGHT_FLOOR)  # (B,) adaptive weights, no gradient
+    w_neg = err_neg.detach().abs().mean(dims).clamp_min(NFT_WEIGHT_FLOOR)
+    l_pos = (err_pos**2).mean(dims) / w_pos  # (B,)
+    l_neg = (err_neg**2).mean(dims) / w_neg
+    r = (0.5 + 0.5 * advantages.float().clamp(-adv_clip, adv_clip) / adv_clip).clamp(0.0, 1.0)  # (B,)
+    loss = adv_clip * (r * l_pos + (1 - r) * l_neg).mean() / beta
+    stats = {"nft/r_mean": r.mean(), "nft/w_pos_mean": w_pos.mean(), "nft/w_neg_mean": w_neg.mean()}
+    return loss, stats
+
+
+LOSSES: dict[str, LossSpec] = {
+    spec.name: spec
+    for spec in (
+        LossSpec(
+            "dppo",
+            dppo_loss,
+            inputs=("logp_new", "logp_old", "advantages", "kl"),
+            knobs=("delta",),
+            trust_region_metric="mask/fraction",
+        ),
+        LossSpec(
+            "clip",
+            clip_loss,
+            inputs=("logp_new", "logp_old", "advantages"),
+            knobs=("clip_range",),
+            advantage_clip=5.0,  # spec §4: as in Flow-GRPO's reference
+            trust_region_metric="clip/fraction",
+        ),
+        LossSpec("none", pg_loss, inputs=("logp_new", "logp_old", "advantages")),
+    )
 }
+
+
+def compute_loss(name: str, inputs: LossInputs, config: Any) -> tuple[torch.Tensor, Stats]:
+    """The registered loss `name` on `inputs`, its knobs read from `config` (a TrainConfig)."""
+    if name not in LOSSES:
+        raise ValueError(f"loss must be one of {tuple(LOSSES)}, got {name!r}")
+    spec = LOSSES[name]
+    args = [getattr(inputs, field) for field in spec.inputs]
+    return spec.fn(*args, **{knob: getattr(config, knob) for knob in spec.knobs})
+
+
+def trust_region_metrics() -> dict[str, tuple[str, ...]]:
+    """Each trust-region metric and the losses that report it, in registry order.
+
+    Today {"mask/fraction": ("dppo",), "clip/fraction": ("clip",)}: what the dashboard, summaries and CLI show.
+    """
+    out: dict[str, tuple[str, ...]] = {}
+    for spec in LOSSES.values():
+        if spec.trust_region_metric is not None:
+            out[spec.trust_region_metric] = (*out.get(spec.trust_region_metric, ()), spec.name)
+    return out

@@ -15,7 +15,7 @@ from trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoi
 from trainer.config import TrainConfig
 from trainer.divergence import gaussian_kl
 from trainer.evaluate import build_rewards, evaluation_metrics, logged_samples, score_images
-from trainer.losses import LOSSES
+from trainer.losses import LOSSES, LossInputs, compute_loss
 from trainer.models import FlowModel, load_model, select_embeds
 from trainer.prompts import load_prompts
 from trainer.rewards import RewardFn
@@ -193,9 +193,18 @@ def _loss_backward(model, config: TrainConfig, rollout: Rollout, embeds, adv, ro
     v = model.velocity(x, sigma, emb, config.guidance_scale)
     mean_new, _ = transition(config.sampler, v, x, sigma, sigma_next, config.effective_noise_level, sigmas[1])
     logp_new = gaussian_log_prob(traj.x_next[rows].flatten(0, 1), mean_new, std, config.logprob_reduction).view(n, S)
-    with torch.no_grad():  # D only drives the mask (spec §3)
+    with torch.set_grad_enabled(LOSSES[config.loss].kl_grad):  # D drives the mask, without gradient (spec §3)
         kl = gaussian_kl(traj.mean_old[rows].flatten(0, 1), mean_new, std, config.logprob_reduction).view(n, S)
-    loss, stats = LOSSES[config.loss](logp_new, traj.logp_old[rows], adv[rows], kl, config.delta, config.clip_range)
+    inputs = LossInputs(
+        logp_new=logp_new,
+        logp_old=traj.logp_old[rows],
+        advantages=adv[rows],
+        kl=kl,
+        std=traj.std.to(model.device),
+        dt=(sigmas[steps + 1] - sigmas[steps]).to(model.device),
+    )
+    loss, tensor_stats = compute_loss(config.loss, inputs, config)
+    stats = {key: value.item() for key, value in tensor_stats.items()}
     stats["loss/policy"] = loss.item()
     if config.beta > 0:
         kl_ref = gaussian_kl(mean_new, traj.mean_ref[rows].flatten(0, 1), std, config.logprob_reduction)  # (n·S,)
@@ -203,7 +212,7 @@ def _loss_backward(model, config: TrainConfig, rollout: Rollout, embeds, adv, ro
         stats["kl_ref/mean"] = kl_ref.mean().item()
     stats["loss/total"] = loss.item()
     (loss * scale).backward()
-    return stats, kl
+    return stats, kl.detach()
 
 
 def _combine_stats(collected: list[tuple[int, dict[str, float]]]) -> dict[str, float]:

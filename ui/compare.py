@@ -15,6 +15,7 @@ import pandas as pd
 
 from api.services import Services
 from api.services import metrics as metric_service
+from trainer.losses import trust_region_metrics
 from ui import plots
 from ui.common import (
     comparison_choices,
@@ -28,7 +29,7 @@ from ui.common import (
 )
 
 MAX_POINTS = 400  # per series: a chart never carries more, whatever the run length
-TRUST = "mask|clip/fraction"  # pseudo-key: masked share for dppo runs, clipped share for clip runs
+TRUST = "mask|clip/fraction"  # pseudo-key: each run's trust-region share (the loss registry's: mask/ or clip/fraction)
 DEFAULT_KEYS = [
     "reward/total/mean",
     "eval/reward/total/mean",
@@ -39,11 +40,11 @@ DEFAULT_KEYS = [
     "grad_norm",
     "approx_kl",
 ]
-PSEUDO_KEYS = {TRUST: ("mask/fraction", "clip/fraction"), plots.RATIO_RANGE: ("ratio/min", "ratio/max")}
+PSEUDO_KEYS = {TRUST: tuple(trust_region_metrics()), plots.RATIO_RANGE: ("ratio/min", "ratio/max")}
 REWARD, KL_REF = "reward/total/mean", "kl_ref/mean"
 X_AXES = ["step", "wall time (s)"]
 LIVE_SECONDS = 5.0  # chart refresh while a selected run is active
-plots.TITLES[TRUST] = "masked (dppo) / clipped (clip) fraction"
+plots.TITLES[TRUST] = " / ".join(plots.metric_title(key) for key in PSEUDO_KEYS[TRUST])
 
 
 @dataclass
@@ -194,7 +195,7 @@ def summary_table(summaries: Sequence[Any], labels: Mapping[int, str]) -> pd.Dat
     for s in summaries:
         m = s.metrics
         best = m.get(REWARD)
-        trust = m.get("mask/fraction") or m.get("clip/fraction")
+        trust = next((m[key] for key in PSEUDO_KEYS[TRUST] if m.get(key)), None)
         rows.append(
             [
                 labels.get(s.run_id, f"#{s.run_id}"),

@@ -14,6 +14,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from trainer.losses import trust_region_metrics
+
 # Tableau 10: distinguishable, colour-blind friendlier than plotly's default, and fine on white.
 PALETTE = (
     "#4e79a7",
@@ -35,10 +37,10 @@ TITLES = {
     "eval/reward/total/mean": "reward (held-out, ODE)",
     "kl_old/mean": "KL to old policy",
     "kl_ref/mean": "KL to reference (base)",
-    "mask/fraction": "masked fraction (dppo)",
-    "clip/fraction": "clipped fraction (clip)",
     RATIO_RANGE: "ratio range (min..max)",
     "grad_norm": "grad norm",
+    # the trust-region shares, named with the losses that report them: "mask/fraction (dppo)", ...
+    **{key: f"{key} ({', '.join(losses)})" for key, losses in trust_region_metrics().items()},
 }
 
 

@@ -15,9 +15,11 @@ from api.services import Services
 from store import metrics as store_metrics
 from store import runs as store_runs
 from store.models import Run, utcnow
+from trainer.losses import trust_region_metrics
 
 # The compare table's columns (spec §7 names); "best" is the max for rewards and the min for everything else.
-SUMMARY_KEYS = ("reward/total/mean", "eval/reward/total/mean", "kl_ref/mean", "mask/fraction", "clip/fraction")
+# The trust-region shares (mask/fraction, clip/fraction) are the loss registry's.
+SUMMARY_KEYS = ("reward/total/mean", "eval/reward/total/mean", "kl_ref/mean", *trust_region_metrics())
 MAX_POINTS_LIMIT = 10_000
 STREAM_BATCH = 10_000  # points per poll of the live stream
 

@@ -5,7 +5,17 @@ import itertools
 import pytest
 import torch
 
-from trainer.losses import LOSSES, clip_loss, dppo_loss, pg_loss
+from trainer.config import TrainConfig
+from trainer.losses import (
+    LOSSES,
+    LossInputs,
+    LossSpec,
+    clip_loss,
+    compute_loss,
+    dppo_loss,
+    pg_loss,
+    trust_region_metrics,
+)
 
 DELTA = 1e-5
 
@@ -68,10 +78,48 @@ def test_clip_loss_has_no_gradient_beyond_the_trust_region():
     assert torch.equal(logp_new.grad, torch.zeros(2, 1))
 
 
-def test_pg_loss_and_registry():
+def test_pg_loss():
     logp = torch.zeros(3, 2, requires_grad=True)
     loss, stats = pg_loss(logp, torch.zeros(3, 2), torch.tensor([1.0, 2.0, -3.0]))
     assert loss.item() == pytest.approx(0.0) and stats["ratio/mean"] == 1.0
+
+
+def _inputs(B: int = 3, S: int = 2) -> LossInputs:
+    return LossInputs(
+        logp_new=torch.zeros(B, S, requires_grad=True),
+        logp_old=torch.zeros(B, S),
+        advantages=torch.ones(B),
+        kl=torch.zeros(B, S),
+        std=torch.full((S,), 0.1),
+        dt=torch.full((S,), -0.1),
+    )
+
+
+def test_registry_calls_each_loss_with_its_inputs_and_knobs():
     assert set(LOSSES) == {"dppo", "clip", "none"}
-    out, _ = LOSSES["dppo"](logp, torch.zeros(3, 2), torch.ones(3), torch.zeros(3, 2), DELTA, 1e-4)
+    config = TrainConfig(delta=DELTA)
+    out, _ = compute_loss("dppo", _inputs(), config)
     assert out.item() == pytest.approx(-1.0)
+    inputs = _inputs()
+    direct = clip_loss(inputs.logp_new, inputs.logp_old, inputs.advantages, config.clip_range)
+    assert torch.equal(compute_loss("clip", inputs, config)[0], direct[0])
+    with pytest.raises(ValueError, match="loss must be one of"):
+        compute_loss("ppo", inputs, config)
+
+
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_registry_entries_carry_their_facts(name):
+    # Every knob is a config field, the trust-region metric is among the loss's stats, 'auto' clip is the entry's.
+    spec = LOSSES[name]
+    assert all(knob in TrainConfig.model_fields for knob in spec.knobs)
+    _, stats = compute_loss(name, _inputs(), TrainConfig())
+    assert spec.trust_region_metric is None or spec.trust_region_metric in stats
+    assert all(v.ndim == 0 and not v.requires_grad for v in stats.values())  # converted once, at report time
+    assert TrainConfig(loss=name).effective_advantage_clip == spec.advantage_clip
+
+
+def test_config_choices_and_trust_region_metrics_come_from_the_registry():
+    assert TrainConfig.model_fields["loss"].annotation.__args__ == tuple(LOSSES)
+    assert trust_region_metrics() == {"mask/fraction": ("dppo",), "clip/fraction": ("clip",)}
+    with pytest.raises(ValueError, match="not LossInputs fields"):
+        LossSpec("bad", pg_loss, inputs=("logp_new", "ratio"))
