@@ -56,9 +56,7 @@ def submit_demo(services: Services, *, team_id: int) -> list[int]:
 
 
 def start_worker(settings: Settings) -> subprocess.Popen[bytes]:
-    worker_settings = WorkerSettings(
-        DATA_DIR=settings.DATA_DIR, DATABASE_URL=settings.DATABASE_URL, BROKER_URL=settings.BROKER_URL
-    )
+    worker_settings = WorkerSettings(**settings.platform_values())
     return start_worker_process(worker_settings, reaper=True, log_file=settings.DATA_DIR / "worker.log")
 
 

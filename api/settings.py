@@ -1,4 +1,4 @@
-"""The API's settings, read from the environment (spec/platform.md "Two ways to run, same code")."""
+"""The API's settings: the shared ones (store/settings.py) plus the secret key, INPUT_ROOTS and the server's own."""
 
 from __future__ import annotations
 
@@ -6,25 +6,18 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import model_validator
 
-from store.broker import DEFAULT_VISIBILITY_TIMEOUT
+from store.settings import PlatformSettings
 
 DEFAULT_SECRET_KEY = "changethis"
 MIN_SECRET_KEY_LENGTH = 16
 
 
-class Settings(BaseSettings):
+class Settings(PlatformSettings):
     """Embedded mode by default (SQLite + Celery's filesystem transport under DATA_DIR); URLs switch to distributed."""
 
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
-
     ENVIRONMENT: Literal["dev", "prod"] = "dev"
-    DATA_DIR: Path = Path("./data")
-    DATABASE_URL: str = ""  # "" = sqlite:///{DATA_DIR}/flowdppo.db
-    BROKER_URL: str = ""  # "" = filesystem:// with its folders under {DATA_DIR}/broker
-    BROKER_VISIBILITY_TIMEOUT: int = Field(DEFAULT_VISIBILITY_TIMEOUT, ge=60)  # the workers' value (store/broker.py)
     # Directories whose files a submitted config may name (file: prompt sets, model_path, reward paths), as seen by
     # the workers; None = ["/models", "{DATA_DIR}/inputs"]. From the environment as JSON: '["/models", "/data/in"]'.
     INPUT_ROOTS: list[Path] | None = None
@@ -36,12 +29,8 @@ class Settings(BaseSettings):
     SSE_POLL_SECONDS: float = 0.5  # how often the live stream looks for new points (the DB is the truth)
 
     @model_validator(mode="after")
-    def _fill_defaults_and_check_secret(self) -> Settings:
-        self.DATA_DIR = self.DATA_DIR.expanduser().resolve()  # the worker resolves it the same way
-        if not self.DATABASE_URL:
-            self.DATABASE_URL = f"sqlite:///{self.DATA_DIR}/flowdppo.db"
-        if not self.BROKER_URL:
-            self.BROKER_URL = "filesystem://"
+    def _fill_input_roots_and_check_secret(self) -> Settings:
+        # After PlatformSettings' validator: DATA_DIR is resolved.
         if self.INPUT_ROOTS is None:
             self.INPUT_ROOTS = [Path("/models"), self.DATA_DIR / "inputs"]
         # Resolved as the submitted paths are (os.path.realpath), so a root reached through a link still matches.
@@ -62,8 +51,3 @@ class Settings(BaseSettings):
                 f"SECRET_KEY is {got} with ENVIRONMENT={self.ENVIRONMENT!r}; it needs at least "
                 f"{MIN_SECRET_KEY_LENGTH} characters: {how}"
             )
-
-    @property
-    def broker_folder(self) -> Path:
-        """Where the filesystem transport keeps its messages (embedded mode only)."""
-        return self.DATA_DIR / "broker"

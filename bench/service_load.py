@@ -85,7 +85,7 @@ def bench_submit_to_running(
 
     s = services.settings
     worker = start_worker_process(
-        WorkerSettings(DATA_DIR=s.DATA_DIR, DATABASE_URL=s.DATABASE_URL, BROKER_URL=s.BROKER_URL),
+        WorkerSettings(**s.platform_values()),
         reaper=False,
         log_file=tmp / "worker.log",
     )

@@ -1,5 +1,6 @@
-"""Celery broker transport options, the one definition every Celery app of the platform uses (platform.md "Job
-semantics"): the worker's, the API's producer, the container health check.
+"""What the API and the workers agree on about the broker (platform.md "Job semantics"): the queues, the task names
+and the transport options, the one definition every Celery app of the platform uses (the worker's, the API's
+producer, the container health check).
 
 Here rather than in worker/ because the API may not import the worker. On Redis, any process whose connection
 drains events (a worker, a `control.ping`, Flower) re-queues every unacknowledged job older than *its own*
@@ -8,8 +9,22 @@ visibility timeout, so a process left at kombu's default (1 h) would hand each l
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
+
+from store.models import RunKind
+
+
+class Queue(StrEnum):
+    """One queue per job kind (= runs.kind), so GPU pools can be split between training and evaluation."""
+
+    TRAIN = RunKind.TRAIN.value
+    EVAL = RunKind.EVAL.value
+
+
+# The worker registers its tasks under these names; the API sends jobs by name, never importing worker/.
+TASK_NAMES: dict[Queue, str] = {Queue.TRAIN: "worker.tasks.train_run", Queue.EVAL: "worker.tasks.evaluate_run"}
 
 DEFAULT_VISIBILITY_TIMEOUT = 172_800  # seconds (48 h): above the longest run
 DEFAULT_POLL_SECONDS = 0.5

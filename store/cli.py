@@ -18,9 +18,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _url(args: argparse.Namespace) -> str:
-    from store.session import database_url_from_env
+    from store.settings import PlatformSettings
 
-    return args.url or database_url_from_env()
+    return args.url or PlatformSettings().DATABASE_URL
 
 
 def _upgrade(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, Literal
 
 from sqlalchemy import (
@@ -24,12 +25,30 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
-RunKind = Literal["train", "eval"]
-RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+class RunKind(StrEnum):
+    """runs.kind: a training run, or an evaluation of a checkpoint (also the job's queue, store/broker.py)."""
+
+    TRAIN = "train"
+    EVAL = "eval"
+
+
+class RunStatus(StrEnum):
+    """runs.status, the one list of a run's states (store, services, REST schemas, CLI and dashboard)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
 VoteChoice = Literal["left", "right", "tie"]
-RUN_KINDS: tuple[str, ...] = ("train", "eval")
-RUN_STATUSES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
-FINISHED_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+# Plain strings, for the CHECK constraints' SQL text (the migrations hold the same).
+RUN_KINDS: tuple[str, ...] = tuple(kind.value for kind in RunKind)
+RUN_STATUSES: tuple[str, ...] = tuple(status.value for status in RunStatus)
+ACTIVE_STATUSES: frozenset[RunStatus] = frozenset({RunStatus.QUEUED, RunStatus.RUNNING})
+FINISHED_STATUSES: frozenset[RunStatus] = frozenset(set(RunStatus) - ACTIVE_STATUSES)
 VOTE_CHOICES: tuple[str, ...] = ("left", "right", "tie")
 
 # Constraint names are data too: Alembic batch mode on SQLite needs them to alter tables later.
@@ -129,8 +148,8 @@ class Run(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     team_id: Mapped[int] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
-    kind: Mapped[str] = mapped_column(String(16), default="train")
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    kind: Mapped[str] = mapped_column(String(16), default=RunKind.TRAIN.value)  # RunKind
+    status: Mapped[str] = mapped_column(String(16), default=RunStatus.QUEUED.value)  # RunStatus
     name: Mapped[str] = mapped_column(String(200), default="")
     tags: Mapped[list[Any]] = mapped_column(default=list)
     config: Mapped[dict[str, Any]] = mapped_column()  # TrainConfig (train) or EvalConfig (eval) as JSON
@@ -157,10 +176,6 @@ class Run(Base):
         ForeignKey("comparisons.id", ondelete="SET NULL"), index=True, default=None
     )
     variant: Mapped[str | None] = mapped_column(String(100), default=None)
-
-    @property
-    def is_finished(self) -> bool:
-        return self.status in FINISHED_STATUSES
 
 
 class RunEvent(Base):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -68,8 +67,3 @@ def make_sessionmaker(engine_or_url: Engine | str) -> sessionmaker[Session]:
 def default_database_url(data_dir: str | Path) -> str:
     """The embedded default: a SQLite file in the data folder (absolute, so every process finds the same file)."""
     return f"sqlite:///{Path(data_dir).expanduser().resolve() / 'flowdppo.db'}"
-
-
-def database_url_from_env() -> str:
-    """DATABASE_URL, else the SQLite file under DATA_DIR (default ./data): the names api and worker settings read."""
-    return os.environ.get("DATABASE_URL") or default_database_url(os.environ.get("DATA_DIR", "./data"))

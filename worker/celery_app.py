@@ -1,26 +1,17 @@
-"""The Celery app, configured from settings only: late acks, reject on worker loss, prefetch 1, one queue per kind."""
+"""The Celery app, configured from settings only: late acks, reject on worker loss, prefetch 1, one queue per kind
+(the queues and task names are store/broker.py's, shared with the API)."""
 
 from __future__ import annotations
 
 import importlib
-from enum import StrEnum
 
 from celery import Celery
 from celery.signals import worker_init, worker_process_init, worker_shutting_down
 from kombu import Queue as KombuQueue
 
+from store.broker import TASK_NAMES, Queue
 from worker import shutdown
 from worker.settings import WorkerSettings
-
-
-class Queue(StrEnum):
-    """One queue per job kind (= runs.kind), so GPU pools can be split between training and evaluation."""
-
-    TRAIN = "train"
-    EVAL = "eval"
-
-
-TASK_NAMES: dict[Queue, str] = {Queue.TRAIN: "worker.tasks.train_run", Queue.EVAL: "worker.tasks.evaluate_run"}
 
 
 def create_celery_app(settings: WorkerSettings) -> Celery:

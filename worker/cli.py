@@ -34,7 +34,8 @@ def run_worker(args: argparse.Namespace) -> int:
         # Before Celery, torch or anything else is imported in this process: children inherit it at fork.
         os.environ["CUDA_VISIBLE_DEVICES"] = str(args.gpu)
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
-    from worker.celery_app import Queue, app
+    from store.broker import Queue
+    from worker.celery_app import app
 
     unknown = set(queues) - {q.value for q in Queue}
     if unknown:

@@ -1,4 +1,4 @@
-"""Enqueueing jobs by task name (worker.tasks.train_run / evaluate_run), without importing the worker's tasks."""
+"""Enqueueing jobs by task name (store/broker.py's TASK_NAMES), without importing the worker's tasks."""
 
 from __future__ import annotations
 
@@ -8,11 +8,9 @@ from pathlib import Path
 from celery import Celery
 
 from api.services.errors import UnavailableError
-from store.broker import DEFAULT_VISIBILITY_TIMEOUT, transport_options
+from store.broker import DEFAULT_VISIBILITY_TIMEOUT, TASK_NAMES, Queue, transport_options
 
 log = logging.getLogger(__name__)
-
-TASKS = {"train": ("worker.tasks.train_run", "train"), "eval": ("worker.tasks.evaluate_run", "eval")}
 
 
 def make_celery_app(
@@ -43,9 +41,11 @@ class TaskQueue:
         self.app = app
 
     def enqueue_run(self, *, run_id: int, kind: str) -> None:
-        task_name, queue = TASKS[kind]
+        queue = Queue(kind)
         try:
-            self.app.send_task(task_name, args=[run_id], queue=queue, retry=True, retry_policy={"max_retries": 3})
+            self.app.send_task(
+                TASK_NAMES[queue], args=[run_id], queue=queue.value, retry=True, retry_policy={"max_retries": 3}
+            )
         except Exception as err:  # kombu raises transport-specific errors; the caller gets one meaningful type
             log.exception("could not enqueue run %s", run_id)
             raise UnavailableError(f"the broker did not accept run {run_id}: {err}") from err
