@@ -12,14 +12,13 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from trainer.losses import LOSSES
 from trainer.prompts import check_prompt_spec
 from trainer.rewards.registry import check_reward_options
+from trainer.sampling import SDE_KINDS, TRANSITIONS
 
 LossName = Literal[tuple(LOSSES)]  # the loss registry's names: "dppo", "clip", "none"
-SamplerName = Literal["flow_sde", "cps"]
+SamplerName = Literal[SDE_KINDS]  # the sampler registry's stochastic kinds: "flow_sde", "cps"
 PromptSpec = Annotated[str, AfterValidator(check_prompt_spec)]  # "shapes:<split>" or "file:<path>"
 ModelFamily = Literal["builtin", "sd3", "flux"]
 
-# Spec §2/§6: the noise level defaults depend on the sampler (the advantage clip's on the loss: its LossSpec).
-DEFAULT_NOISE_LEVEL = {"flow_sde": 0.7, "cps": 0.8}
 # Real-models issue: LoRA r=32 for SD3-class models (spec §6), 64 for FLUX; the 0.44M-parameter builtin trains fully.
 DEFAULT_LORA_RANK = {"builtin": 0, "sd3": 32, "flux": 64}
 # CFG at evaluation: the builtin is trained without it; SD3.5's and FLUX.1-dev's usual sampling scales.
@@ -140,7 +139,9 @@ class TrainConfig(BaseModel):
 
     @property
     def effective_noise_level(self) -> float:
-        return self.noise_level if self.noise_level is not None else DEFAULT_NOISE_LEVEL[self.sampler]
+        if self.noise_level is not None:
+            return self.noise_level
+        return TRANSITIONS[self.sampler].default_noise_level  # spec §6: 0.7 flow_sde, 0.8 cps
 
     @property
     def effective_advantage_clip(self) -> float | None:

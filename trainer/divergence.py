@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from trainer.sampling import REDUCTIONS
+from trainer.sampling import reduce_latent
 
 
 def gaussian_kl(mean_old: torch.Tensor, mean_new: torch.Tensor, std: torch.Tensor, reduction: str = "mean"):
@@ -21,8 +21,5 @@ def gaussian_kl(mean_old: torch.Tensor, mean_new: torch.Tensor, std: torch.Tenso
     Returns:
         (B,) float32.
     """
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     per_elem = (mean_old.float() - mean_new.float()) ** 2 / (2 * std.float() ** 2)
-    dims = tuple(range(1, per_elem.ndim))
-    return per_elem.mean(dim=dims) if reduction == "mean" else per_elem.sum(dim=dims)
+    return reduce_latent(per_elem, reduction)

@@ -8,9 +8,55 @@ from dataclasses import dataclass
 
 import torch
 
-TRANSITION_KINDS = ("flow_sde", "cps", "ode")
 REDUCTIONS = ("mean", "sum")
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def _flow_sde(v, x, s, s_next, noise_level, sigma_max):
+    """Flow-GRPO's SDE: g = a·sqrt(s / (1 - s~)), s~ = sigma_max if s == 1 else s;
+    mean = x + dt·[v + g²/(2s)·(x + (1-s)·v)],  std = g·sqrt(-dt)  (spec §2)."""
+    dt = s_next - s
+    if sigma_max is None and bool((s >= 1).any()):
+        raise ValueError("flow_sde at sigma == 1 needs sigma_max (the schedule's second sigma) to avoid 1/(1-s) = inf")
+    s_tilde = torch.where(s >= 1, _per_sample(sigma_max if sigma_max is not None else 0.0, x), s)
+    g = noise_level * torch.sqrt(s / (1 - s_tilde))
+    mean = x + dt * (v + g**2 / (2 * s) * (x + (1 - s) * v))
+    std = g * torch.sqrt(-dt)
+    return mean, std
+
+
+def _cps(v, x, s, s_next, noise_level, sigma_max):
+    """Coefficients-preserving sampling: std = s'·sin(a·pi/2); x0 = x - s·v, x1 = x + (1-s)·v;
+    mean = (1-s')·x0 + sqrt(s'² - std²)·x1  (spec §2; std = 0 at the last step: an ODE step)."""
+    std = s_next * math.sin(noise_level * math.pi / 2)
+    x0_hat = x - s * v
+    x1_hat = x + (1 - s) * v
+    # clamp: s'² - std² >= 0 analytically; rounding must not produce a NaN.
+    mean = (1 - s_next) * x0_hat + torch.sqrt((s_next**2 - std**2).clamp_min(0)) * x1_hat
+    return mean, std
+
+
+def _ode(v, x, s, s_next, noise_level, sigma_max):
+    """The Euler step: mean = x + v·dt, std = 0 (spec §1)."""
+    return x + v * (s_next - s), torch.zeros_like(s)
+
+
+@dataclass(frozen=True)
+class TransitionSpec:
+    """One per-step policy: its formula (fn(v, x, s, s', a, sigma_max) -> (mean, std), all float32 with s and s'
+    shaped (B, 1, ..., 1)) and its default noise level a (spec §6), None for the deterministic ODE step."""
+
+    fn: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    default_noise_level: float | None
+
+
+TRANSITIONS: dict[str, TransitionSpec] = {
+    "flow_sde": TransitionSpec(_flow_sde, default_noise_level=0.7),
+    "cps": TransitionSpec(_cps, default_noise_level=0.8),
+    "ode": TransitionSpec(_ode, default_noise_level=None),
+}
+TRANSITION_KINDS = tuple(TRANSITIONS)
+SDE_KINDS = tuple(kind for kind, spec in TRANSITIONS.items() if spec.default_noise_level is not None)
 
 
 def transition(
@@ -32,7 +78,7 @@ def transition(
     - ``ode``: mean = x + v·dt, std = 0.
 
     Args:
-        kind: one of "flow_sde", "cps", "ode".
+        kind: one of `TRANSITION_KINDS` ("flow_sde", "cps", "ode").
         velocity: v_theta(x, s) (B, ...).
         sample: x (B, ...).
         sigma, sigma_next: s and s', scalars or (B,) tensors.
@@ -42,30 +88,21 @@ def transition(
     Returns:
         (mean, std): mean (B, ...) float32, std float32 broadcastable to the sample ((B, 1, ..., 1)).
     """
-    if kind not in TRANSITION_KINDS:
+    if kind not in TRANSITIONS:
         raise ValueError(f"kind must be one of {TRANSITION_KINDS}, got {kind!r}")
     # All transition math in float32, even when the network runs in bf16/fp16 (spec §2).
-    v = velocity.float()
     x = sample.float()
-    s = _per_sample(sigma, x)
-    s_next = _per_sample(sigma_next, x)
-    dt = s_next - s
-    if kind == "ode":
-        return x + v * dt, torch.zeros_like(s)
-    if kind == "cps":
-        std = s_next * math.sin(noise_level * math.pi / 2)
-        x0_hat = x - s * v
-        x1_hat = x + (1 - s) * v
-        # clamp: s'² - std² >= 0 analytically; rounding must not produce a NaN.
-        mean = (1 - s_next) * x0_hat + torch.sqrt((s_next**2 - std**2).clamp_min(0)) * x1_hat
-        return mean, std
-    if sigma_max is None and bool((s >= 1).any()):
-        raise ValueError("flow_sde at sigma == 1 needs sigma_max (the schedule's second sigma) to avoid 1/(1-s) = inf")
-    s_tilde = torch.where(s >= 1, _per_sample(sigma_max if sigma_max is not None else 0.0, x), s)
-    g = noise_level * torch.sqrt(s / (1 - s_tilde))
-    mean = x + dt * (v + g**2 / (2 * s) * (x + (1 - s) * v))
-    std = g * torch.sqrt(-dt)
-    return mean, std
+    return TRANSITIONS[kind].fn(
+        velocity.float(), x, _per_sample(sigma, x), _per_sample(sigma_next, x), noise_level, sigma_max
+    )
+
+
+def reduce_latent(per_elem: torch.Tensor, reduction: str) -> torch.Tensor:
+    """(B, ...) per-element terms reduced over the latent dims to (B,): "mean" (default) or "sum" (spec §2-3)."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    dims = tuple(range(1, per_elem.ndim))
+    return per_elem.mean(dim=dims) if reduction == "mean" else per_elem.sum(dim=dims)
 
 
 def gaussian_log_prob(x_next: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, reduction: str = "mean"):
@@ -78,12 +115,9 @@ def gaussian_log_prob(x_next: torch.Tensor, mean: torch.Tensor, std: torch.Tenso
     Returns:
         (B,) float32.
     """
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     x_next, mean, std = x_next.float(), mean.float(), std.float()
     per_elem = -((x_next - mean) ** 2) / (2 * std**2) - torch.log(std) - _LOG_SQRT_2PI
-    dims = tuple(range(1, per_elem.ndim))
-    return per_elem.mean(dim=dims) if reduction == "mean" else per_elem.sum(dim=dims)
+    return reduce_latent(per_elem, reduction)
 
 
 def _per_sample(value: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
