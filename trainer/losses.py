@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-Stats = dict[str, torch.Tensor]  # metric name (spec §7) -> detached 0-d tensor
+from trainer.stats import Stats
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ import torch
 
 from trainer.advantages import gdpo_advantages, group_advantages, zero_std_fraction
 from trainer.callbacks import Callback, NullCallback
-from trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from trainer.config import TrainConfig
 from trainer.divergence import gaussian_kl
 from trainer.evaluate import build_rewards, evaluation_metrics, logged_samples, score_images
@@ -21,6 +20,8 @@ from trainer.prompts import load_prompts
 from trainer.rewards import RewardFn
 from trainer.rollout import Rollout, collect_rollout, step_generator
 from trainer.sampling import gaussian_log_prob, transition
+from trainer.state import TrainState
+from trainer.stats import StepStats
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,18 @@ class RunResult:
     out_dir: Path
 
 
+@dataclass
+class _Run:
+    """What a run holds fixed while it trains: where it reports and what it is scored on."""
+
+    config: TrainConfig
+    callback: Callback
+    out_dir: Path
+    rewards: dict[str, RewardFn]
+    train_prompts: list[str]
+    eval_prompts: list[str]
+
+
 def train(
     config: TrainConfig,
     callback: Callback | None = None,
@@ -46,61 +59,58 @@ def train(
     resume: bool = True,
 ) -> RunResult:
     """Train `config` and report every step through `callback`; resume from the latest checkpoint in out_dir."""
-    callback = callback or NullCallback()
-    out_dir = Path(out_dir)
     model = model or load_model(config, device)
-    rewards = rewards or build_rewards(config, device)
-    params = model.trainable_parameters()
-    optimizer = torch.optim.AdamW(
-        params, lr=config.learning_rate, betas=config.adam_betas, weight_decay=config.weight_decay, eps=config.adam_eps
+    run = _Run(
+        config,
+        callback or NullCallback(),
+        Path(out_dir),
+        rewards or build_rewards(config, device),
+        load_prompts(config.train_prompts),
+        load_prompts(config.eval_prompts),
     )
-    ema = {n: v.float().clone() for n, v in model.trainable_state_dict().items()} if config.ema_decay else None
-    start = 0
-    ckpt = latest_checkpoint(out_dir) if resume else None
-    if ckpt is not None:
-        state = load_checkpoint(ckpt, map_location=model.device)
-        model.load_trainable_state_dict(state.trainable)
-        optimizer.load_state_dict(state.optimizer)
-        ema, start = state.ema, state.step
-        log.info("resumed from %s at step %d", ckpt, start)
-    train_prompts = load_prompts(config.train_prompts)
-    eval_prompts = load_prompts(config.eval_prompts)
+    state = TrainState.create(config, model)
+    if resume and (path := state.restore(run.out_dir)) is not None:
+        log.info("resumed from %s at step %d", path, state.step)
+    start, stopped, metrics = state.step, False, {}
     sigmas = model.sigmas(config.num_steps)
     if start == 0 and config.eval_every:  # the base model's held-out reward, the curves' starting point
-        callback.on_metrics(0, evaluation_metrics(model, config, eval_prompts, rewards, ema))
-
-    metrics: dict[str, float] = {}
-    step, stopped = start, False
-    while step < config.steps:
-        if callback.should_stop():
-            stopped = True
-            break
-        step += 1
+        run.callback.on_metrics(0, evaluation_metrics(model, config, run.eval_prompts, run.rewards, state.ema))
+    while state.step < config.steps and not (stopped := run.callback.should_stop()):
+        state.step += 1
         t0 = time.perf_counter()
-        # 1. rollout
-        rollout = collect_rollout(model, config, train_prompts, sigmas, step)
+        # 1. rollout: P prompts x G samples with the current weights, every SDE step recorded
+        rollout = collect_rollout(model, config, run.train_prompts, sigmas, state.step)
         t1 = time.perf_counter()
-        # 2. rewards
-        images = model.decode(rollout.traj.final)
-        reward_table = score_images(rewards, images, rollout.prompts)  # name -> (B,)
+        # 2. rewards: every reward on the decoded images, name -> (B,)
+        reward_table = score_images(run.rewards, model.decode(rollout.traj.final), rollout.prompts)
         t2 = time.perf_counter()
-        # 3. advantages
+        # 3. advantages (spec §5)
         adv, metrics = _advantages(config, reward_table, rollout.group_ids)
-        # 4. inner epochs x minibatches
-        metrics.update(_update(model, optimizer, config, rollout, adv, ema, step))
+        # 4. inner epochs x minibatches of the loss (spec §4, §6)
+        metrics.update(_update(state, config, rollout, adv))
         t3 = time.perf_counter()
-        # 5. report
+        # 5. report: metrics, held-out evaluation, samples, checkpoint
         metrics.update(_timing(t0, t1, t2, t3, len(rollout.prompts)))
-        if config.eval_every and step % config.eval_every == 0:
-            metrics.update(evaluation_metrics(model, config, eval_prompts, rewards, ema))
-        callback.on_metrics(step, metrics)
-        if config.sample_every and config.num_logged_samples and step % config.sample_every == 0:
-            callback.on_samples(step, logged_samples(model, config, eval_prompts, rewards, ema))
-        if step == config.steps or (config.checkpoint_every and step % config.checkpoint_every == 0):
-            _checkpoint(out_dir, step, model, optimizer, ema, config, callback)
-    if stopped and step > start:
-        _checkpoint(out_dir, step, model, optimizer, ema, config, callback)
-    return RunResult(steps_completed=step, stopped=stopped, final_metrics=metrics, out_dir=out_dir)
+        _report(run, state, metrics)
+    if stopped and state.step > start:
+        _checkpoint(run, state)
+    return RunResult(steps_completed=state.step, stopped=stopped, final_metrics=metrics, out_dir=run.out_dir)
+
+
+def _report(run: _Run, state: TrainState, metrics: dict[str, float]) -> None:
+    """Held-out evaluation when due, the step's metrics, logged samples and a checkpoint when due."""
+    config, step = run.config, state.step
+    if config.eval_every and step % config.eval_every == 0:
+        metrics.update(evaluation_metrics(state.model, config, run.eval_prompts, run.rewards, state.ema))
+    run.callback.on_metrics(step, metrics)
+    if config.sample_every and config.num_logged_samples and step % config.sample_every == 0:
+        run.callback.on_samples(step, logged_samples(state.model, config, run.eval_prompts, run.rewards, state.ema))
+    if step == config.steps or (config.checkpoint_every and step % config.checkpoint_every == 0):
+        _checkpoint(run, state)
+
+
+def _checkpoint(run: _Run, state: TrainState) -> None:
+    run.callback.on_checkpoint(state.step, state.save(run.out_dir, run.config))
 
 
 def _advantages(config: TrainConfig, rewards: dict[str, torch.Tensor], group_ids: torch.Tensor):
@@ -127,50 +137,32 @@ def _advantages(config: TrainConfig, rewards: dict[str, torch.Tensor], group_ids
     return adv, metrics
 
 
-def _update(model, optimizer, config: TrainConfig, rollout: Rollout, adv, ema, step: int) -> dict[str, float]:
+def _update(state: TrainState, config: TrainConfig, rollout: Rollout, adv: torch.Tensor) -> dict[str, float]:
     """Inner epochs x minibatches of policy-gradient steps on one rollout (spec §6); returns the step's stats."""
+    model, optimizer = state.model, state.optimizer
     model.train()
-    B = len(rollout.prompts)
     embeds = model.encode_prompts(rollout.prompts)
     adv = adv.to(model.device)
-    collected: list[tuple[int, dict[str, float]]] = []
-    kl_all, grad_norms = [], []
+    stats, grad_norms = StepStats(), []
     for epoch in range(config.inner_epochs):
-        order = torch.randperm(B, generator=step_generator(config.seed, step, purpose=100 + epoch))
+        order = torch.randperm(len(adv), generator=step_generator(config.seed, state.step, purpose=100 + epoch))
         for mb, rows in enumerate(order.split(config.minibatch_size)):
             optimizer.zero_grad(set_to_none=True)
-            chunk = config.micro_batch_size or len(rows)
-            for micro in rows.split(chunk):
-                stats, kl = _loss_backward(model, config, rollout, embeds, adv, micro, scale=len(micro) / len(rows))
-                collected.append((len(micro), stats))
-                kl_all.append(kl)
+            for micro in rows.split(config.micro_batch_size or len(rows)):
+                scale = len(micro) / len(rows)  # the minibatch's gradient is the row-weighted sum of its chunks'
+                micro_stats, kl = _loss_backward(model, config, rollout, embeds, adv, micro, scale=scale)
                 if epoch == 0 and mb == 0:  # first optimizer step after the rollout: pi_theta == pi_old
-                    stats["selftest/ratio_dev"] = max(abs(stats["ratio/max"] - 1), abs(stats["ratio/min"] - 1))
-                    stats["selftest/kl_dev"] = kl.max().item()
+                    micro_stats.update(_selftest(micro_stats, kl))
+                stats.add(len(micro), micro_stats)
+                stats.pool("kl_old", kl)  # D's distribution: kl_old/mean, max, p50, p90
             grad_norms.append(torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), config.max_grad_norm))
             optimizer.step()
-            if ema is not None:
-                _ema_update(ema, model, config.ema_decay)
-    out = _combine_stats(collected)
-    kl_cat = torch.cat(kl_all).flatten()
-    out.update(
-        {
-            "kl_old/mean": kl_cat.mean().item(),
-            "kl_old/max": kl_cat.max().item(),
-            "kl_old/p50": kl_cat.quantile(0.5).item(),
-            "kl_old/p90": kl_cat.quantile(0.9).item(),
-            "grad_norm": torch.stack(grad_norms).float().mean().item(),
-            "lr": optimizer.param_groups[0]["lr"],
-        }
-    )
+            state.update_ema(config.ema_decay)
+    stats.scalar("grad_norm", torch.stack(grad_norms).float().mean())
+    stats.scalar("lr", optimizer.param_groups[0]["lr"])
     if config.beta == 0 and rollout.traj.mean_ref is not None:  # monitor only: pi_old vs pi_ref at rollout
-        traj = rollout.traj
-        n = traj.mean_ref.shape[0]
-        std = traj.std.repeat(n).view(-1, 1, 1, 1)
-        ref_kl = gaussian_kl(
-            traj.mean_old[:n].flatten(0, 1), traj.mean_ref.flatten(0, 1), std, config.logprob_reduction
-        )
-        out["kl_ref/mean"] = ref_kl.mean().item()
+        stats.scalar("kl_ref/mean", _kl_ref_monitor(config, rollout))
+    out = stats.report()
     if out.get("selftest/ratio_dev", 0.0) > SELFTEST_TOLERANCE or out.get("selftest/kl_dev", 0.0) > SELFTEST_TOLERANCE:
         log.warning(
             "self-test: first-step ratio/KL deviate from 1/0 by %.2e/%.2e (numerics or a nondeterministic model)",
@@ -180,6 +172,26 @@ def _update(model, optimizer, config: TrainConfig, rollout: Rollout, adv, ema, s
     return out
 
 
+def _selftest(stats: dict[str, torch.Tensor], kl: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Spec §4: on the first step after a rollout r = 1 and D = 0; max |r - 1| in float64, as Python floats had it."""
+    ratio_dev = torch.maximum((stats["ratio/max"].double() - 1).abs(), (stats["ratio/min"].double() - 1).abs())
+    return {"selftest/ratio_dev": ratio_dev, "selftest/kl_dev": kl.max()}
+
+
+def _kl_ref_monitor(config: TrainConfig, rollout: Rollout) -> torch.Tensor:
+    """Mean KL(pi_old || pi_ref) over the rows whose reference means the rollout recorded (spec §4, beta = 0)."""
+    traj = rollout.traj
+    n = traj.mean_ref.shape[0]
+    std = _per_row(traj.std, n, traj.mean_ref)
+    kl_ref = gaussian_kl(traj.mean_old[:n].flatten(0, 1), traj.mean_ref.flatten(0, 1), std, config.logprob_reduction)
+    return kl_ref.mean()
+
+
+def _per_row(std: torch.Tensor, n: int, like: torch.Tensor) -> torch.Tensor:
+    """The (S,) per-step std repeated for n samples as (n·S, 1, ..., 1), against `like` (n, S, *latent)."""
+    return std.repeat(n).view(-1, *([1] * (like.ndim - 2)))
+
+
 def _loss_backward(model, config: TrainConfig, rollout: Rollout, embeds, adv, rows, scale: float):
     """Recompute the policy on `rows` for all their SDE steps at once, backprop the loss; returns (stats, D)."""
     traj, sigmas = rollout.traj, rollout.sigmas
@@ -187,8 +199,8 @@ def _loss_backward(model, config: TrainConfig, rollout: Rollout, embeds, adv, ro
     steps = torch.tensor(traj.step_indices)
     sigma = sigmas[steps].repeat(n).to(model.device)  # (n·S,) one forward over every (sample, step) pair
     sigma_next = sigmas[steps + 1].repeat(n).to(model.device)
-    std = traj.std.repeat(n).view(-1, 1, 1, 1).to(model.device)  # (n·S, 1, 1, 1)
-    x = traj.x[rows].flatten(0, 1)  # (n·S, C, H, W)
+    std = _per_row(traj.std, n, traj.x).to(model.device)  # (n·S, 1, ..., 1)
+    x = traj.x[rows].flatten(0, 1)  # (n·S, *latent)
     emb = select_embeds(embeds, rows.repeat_interleave(S).to(model.device))  # (n·S, ...)
     v = model.velocity(x, sigma, emb, config.guidance_scale)
     mean_new, _ = transition(config.sampler, v, x, sigma, sigma_next, config.effective_noise_level, sigmas[1])
@@ -203,36 +215,15 @@ def _loss_backward(model, config: TrainConfig, rollout: Rollout, embeds, adv, ro
         std=traj.std.to(model.device),
         dt=(sigmas[steps + 1] - sigmas[steps]).to(model.device),
     )
-    loss, tensor_stats = compute_loss(config.loss, inputs, config)
-    stats = {key: value.item() for key, value in tensor_stats.items()}
-    stats["loss/policy"] = loss.item()
+    loss, stats = compute_loss(config.loss, inputs, config)
+    stats["loss/policy"] = loss.detach()
     if config.beta > 0:
         kl_ref = gaussian_kl(mean_new, traj.mean_ref[rows].flatten(0, 1), std, config.logprob_reduction)  # (n·S,)
         loss = loss + config.beta * kl_ref.mean()
-        stats["kl_ref/mean"] = kl_ref.mean().item()
-    stats["loss/total"] = loss.item()
+        stats["kl_ref/mean"] = kl_ref.mean().detach()
+    stats["loss/total"] = loss.detach()
     (loss * scale).backward()
     return stats, kl.detach()
-
-
-def _combine_stats(collected: list[tuple[int, dict[str, float]]]) -> dict[str, float]:
-    """Weighted mean over micro-batches; min/max and self-test keys keep their extreme."""
-    out: dict[str, float] = {}
-    for key in collected[0][1]:
-        values = [(n, s[key]) for n, s in collected if key in s]
-        if key.endswith("/min"):
-            out[key] = min(v for _, v in values)
-        elif key.endswith("/max") or key.startswith("selftest/"):  # a deviation is its worst case
-            out[key] = max(v for _, v in values)
-        else:
-            out[key] = sum(n * v for n, v in values) / sum(n for n, _ in values)
-    return out
-
-
-@torch.no_grad()
-def _ema_update(ema: dict[str, torch.Tensor], model: FlowModel, decay: float) -> None:
-    for name, value in model.trainable_state_dict().items():
-        ema[name].lerp_(value.float(), 1 - decay)
 
 
 def _timing(t0: float, t1: float, t2: float, t3: float, images: int) -> dict[str, float]:
@@ -242,9 +233,3 @@ def _timing(t0: float, t1: float, t2: float, t3: float, images: int) -> dict[str
         "time/train_s": t3 - t2,
         "throughput/images_per_s": images / max(t3 - t0, 1e-9),
     }
-
-
-def _checkpoint(out_dir, step, model, optimizer, ema, config: TrainConfig, callback: Callback) -> None:
-    path = save_checkpoint(out_dir, step, model.trainable_state_dict(), optimizer, ema, config.to_json())
-    model.export_weights(path / "lora")  # SD3/FLUX LoRA: loadable with diffusers' load_lora_weights
-    callback.on_checkpoint(step, path)
