@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from store.enums import RunKind, RunStatus
+
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
@@ -56,8 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_submit)
 
     p = subparsers.add_parser("runs", parents=[client], help="List runs, newest first.")
-    p.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled"])
-    p.add_argument("--kind", choices=["train", "eval"])
+    p.add_argument("--status", choices=[s.value for s in RunStatus])
+    p.add_argument("--kind", choices=[k.value for k in RunKind])
     p.add_argument("--tag")
     p.add_argument("--comparison", type=int, dest="comparison_id")
     p.add_argument("--limit", type=int, default=20)
@@ -74,6 +76,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("compare", parents=[client], help="Summary metrics of runs side by side.")
     p.add_argument("run_ids", type=int, nargs="+", metavar="RUN")
     p.set_defaults(handler=_compare)
+
+    p = subparsers.add_parser(
+        "export", parents=[client], help="Export a finished run (or a `train --out` folder) to TensorBoard or MLflow."
+    )
+    p.add_argument("source", metavar="RUN", help="A run id, or a folder written by `flowdppo train --out`.")
+    p.add_argument("--to", nargs=2, required=True, metavar=("tensorboard|mlflow", "DIR|URI"))
+    p.add_argument("--experiment", default="flowdppo", help="MLflow experiment (created if missing).")
+    p.set_defaults(handler=_export)
 
 
 # --- operator commands ---
@@ -189,16 +199,17 @@ def _runs(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from api.client import ApiError
+    from api.schemas import RunFilter
 
-    filters = {"status": args.status, "kind": args.kind, "tag": args.tag, "comparison_id": args.comparison_id}
+    filters = RunFilter(status=args.status, kind=args.kind, tag=args.tag, comparison_id=args.comparison_id)
     try:
         with _client(args) as client:
-            page = client.list_runs(limit=args.limit, **filters)
+            page = client.list_runs(filters, limit=args.limit)
     except (ApiError, httpx.HTTPError) as err:
         return _fail(err)
     table = Table("id", "name", "kind", "status", "step", "progress", "created", "worker")
     for run in page.data:
-        status = run.status + (" (cancelling)" if run.cancel_requested and run.status == "running" else "")
+        status = run.status + (" (cancelling)" if run.cancel_requested and run.status == RunStatus.RUNNING else "")
         table.add_row(
             str(run.id),
             run.name,
@@ -247,7 +258,7 @@ def _watch(args: argparse.Namespace) -> int:
     except (ApiError, httpx.HTTPError) as err:
         return _fail(err)
     print(f"run {args.run_id}: {final}")
-    return 0 if final == "succeeded" else 1
+    return 0 if final == RunStatus.SUCCEEDED else 1
 
 
 def _cancel(args: argparse.Namespace) -> int:
@@ -260,7 +271,7 @@ def _cancel(args: argparse.Namespace) -> int:
             run = client.cancel_run(args.run_id)
     except (ApiError, httpx.HTTPError) as err:
         return _fail(err)
-    note = "stops after its current step" if run.status == "running" else run.status
+    note = "stops after its current step" if run.status == RunStatus.RUNNING else run.status
     print(f"run {run.id}: {note}")
     return 0
 
@@ -288,4 +299,22 @@ def _compare(args: argparse.Namespace) -> int:
         duration = "-" if s.duration_s is None else f"{s.duration_s / 60:.1f} min"
         table.add_row(str(s.run_id), s.variant or s.name, s.status, f"{s.step}/{s.total_steps}", *cells, duration)
     Console().print(table)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    import os
+
+    from api.export import export
+
+    kind, target = args.to
+    if kind not in ("tensorboard", "mlflow"):
+        return _fail(ValueError(f"--to {kind!r}: must be tensorboard DIR or mlflow URI"))
+    # An unreachable MLflow server should fail the export in seconds, not after MLflow's minutes of retries.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    try:
+        where = export(args.source, kind, target, client=lambda: _client(args), experiment=args.experiment)
+    except Exception as err:  # the export's failure, whatever the tracker raised, is the user's answer
+        return _fail(err)
+    print(f"{args.source} exported to {kind}: {where}")
     return 0

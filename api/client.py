@@ -34,6 +34,7 @@ from api.schemas import (
     RunPublic,
     RunsPublic,
     SamplePublic,
+    Series,
     SummariesPublic,
     TeamPublic,
     TokenCreated,
@@ -41,8 +42,10 @@ from api.schemas import (
     WinRate,
     WorkerPublic,
 )
+from store.runs import ANY_RUN, RunFilter
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+EXACT_WINDOW = 10_000  # the server's max_points limit: a window of this many steps comes back point by point
 T = TypeVar("T")
 
 
@@ -149,33 +152,14 @@ class Client:
         body = {"preset": preset, "config": config, "overrides": overrides or {}, "name": name, "tags": list(tags)}
         return self._post("/runs", RunPublic, body)
 
-    def list_runs(
-        self,
-        *,
-        status: str | None = None,
-        kind: str | None = None,
-        tag: str | None = None,
-        comparison_id: int | None = None,
-        parent_run_id: int | None = None,
-        cursor: str | None = None,
-        limit: int = 50,
-    ) -> RunsPublic:
-        params = {
-            "status": status,
-            "kind": kind,
-            "tag": tag,
-            "comparison_id": comparison_id,
-            "parent_run_id": parent_run_id,
-            "cursor": cursor,
-            "limit": limit,
-        }
-        return self._get("/runs", RunsPublic, params=params)
+    def list_runs(self, filters: RunFilter = ANY_RUN, *, cursor: str | None = None, limit: int = 50) -> RunsPublic:
+        return self._get("/runs", RunsPublic, params={**filters.params(), "cursor": cursor, "limit": limit})
 
-    def iter_runs(self, **filters: Any) -> Iterator[RunListItem]:
-        """Every run matching the filters, following the cursor page by page (no configs: get_run has them)."""
+    def iter_runs(self, filters: RunFilter = ANY_RUN, *, limit: int = 50) -> Iterator[RunListItem]:
+        """Every run matching `filters`, following the cursor page by page (no configs: get_run has them)."""
         cursor = None
         while True:
-            page = self.list_runs(cursor=cursor, **filters)
+            page = self.list_runs(filters, cursor=cursor, limit=limit)
             yield from page.data
             if page.next_cursor is None:
                 return
@@ -222,6 +206,16 @@ class Client:
         if isinstance(run_ids, int):
             return self._get(f"/runs/{run_ids}/metrics", MetricsPublic, params=params)
         return self._get("/metrics", MetricsPublic, params={**params, "run_id": list(run_ids)})
+
+    def metric_points(
+        self, run_id: int, *, step_max: int, keys: Sequence[str] | None = None, window: int = EXACT_WINDOW
+    ) -> Iterator[Series]:
+        """Every point of steps 0..step_max, not downsampled: windows of `window` steps, each one point per step.
+
+        Yields the series of each window in turn (a key appears once per window it has points in).
+        """
+        for lo in range(0, step_max + 1, window):
+            yield from self.metrics(run_id, keys=keys, step_min=lo, step_max=lo + window - 1, max_points=window).data
 
     def summaries(self, run_ids: Sequence[int], *, keys: Sequence[str] | None = None) -> SummariesPublic:
         params = {"run_id": list(run_ids), "key": list(keys) if keys else None}

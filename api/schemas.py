@@ -7,10 +7,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+# The run enums and filter are the store's, one definition for store, services, REST, client, CLI and dashboard
+# (re-exported here for ui/, which goes through api/).
+from store.enums import ACTIVE_STATUSES as ACTIVE_STATUSES
+from store.enums import FINISHED_STATUSES as FINISHED_STATUSES
+from store.enums import RunKind, RunStatus
+from store.runs import RunFilter as RunFilter
 from trainer.config import TrainConfig
 
-RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-RunKind = Literal["train", "eval"]
 VoteChoice = Literal["left", "right", "tie"]
 
 

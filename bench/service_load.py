@@ -35,6 +35,7 @@ from api.services import Services  # noqa: E402
 from api.services import comparisons as comparison_service  # noqa: E402
 from api.settings import Settings  # noqa: E402
 from store import metrics, runs, teams  # noqa: E402
+from store.enums import ACTIVE_STATUSES, RunStatus  # noqa: E402
 from store.migrate import upgrade  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 
@@ -100,7 +101,7 @@ def bench_submit_to_running(
             while True:
                 with services.session() as session:
                     status = runs.get_run(session, run_id=run.id).status
-                if status != "queued":
+                if status != RunStatus.QUEUED:
                     break
                 if time.perf_counter() - t0 > 120:
                     raise SystemExit(f"run {run.id} never started; see {tmp / 'worker.log'}")
@@ -108,7 +109,7 @@ def bench_submit_to_running(
             if i:
                 latencies.append(time.perf_counter() - t0)
                 api_side.append(t_api)
-            while status in ("queued", "running"):  # let it finish, so the next one finds the worker idle
+            while status in ACTIVE_STATUSES:  # let it finish, so the next one finds the worker idle
                 time.sleep(0.05)
                 with services.session() as session:
                     status = runs.get_run(session, run_id=run.id).status

@@ -13,7 +13,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from store.models import RunKind
+from store.enums import RunKind
 
 
 class Queue(StrEnum):

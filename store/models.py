@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any, Literal
 
 from sqlalchemy import (
@@ -25,30 +24,9 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
-
-class RunKind(StrEnum):
-    """runs.kind: a training run, or an evaluation of a checkpoint (also the job's queue, store/broker.py)."""
-
-    TRAIN = "train"
-    EVAL = "eval"
-
-
-class RunStatus(StrEnum):
-    """runs.status, the one list of a run's states (store, services, REST schemas, CLI and dashboard)."""
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
+from store.enums import RUN_KINDS, RUN_STATUSES, RunKind, RunStatus
 
 VoteChoice = Literal["left", "right", "tie"]
-# Plain strings, for the CHECK constraints' SQL text (the migrations hold the same).
-RUN_KINDS: tuple[str, ...] = tuple(kind.value for kind in RunKind)
-RUN_STATUSES: tuple[str, ...] = tuple(status.value for status in RunStatus)
-ACTIVE_STATUSES: frozenset[RunStatus] = frozenset({RunStatus.QUEUED, RunStatus.RUNNING})
-FINISHED_STATUSES: frozenset[RunStatus] = frozenset(set(RunStatus) - ACTIVE_STATUSES)
 VOTE_CHOICES: tuple[str, ...] = ("left", "right", "tie")
 
 # Constraint names are data too: Alembic batch mode on SQLite needs them to alter tables later.

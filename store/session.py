@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -62,8 +61,3 @@ def make_sessionmaker(engine_or_url: Engine | str) -> sessionmaker[Session]:
     """A session factory; objects stay usable after commit (expire_on_commit=False) so callers can return them."""
     engine = make_engine(engine_or_url) if isinstance(engine_or_url, str) else engine_or_url
     return sessionmaker(bind=engine, expire_on_commit=False)
-
-
-def default_database_url(data_dir: str | Path) -> str:
-    """The embedded default: a SQLite file in the data folder (absolute, so every process finds the same file)."""
-    return f"sqlite:///{Path(data_dir).expanduser().resolve() / 'flowdppo.db'}"

@@ -4,7 +4,7 @@ folder, the database and broker URLs and the broker's options, read from the env
 api/settings.py (`Settings`) and worker/settings.py (`WorkerSettings`) subclass `PlatformSettings` with their own
 fields; store/ is the layer both may import. The variable names are the deployment's (docker-compose.yml,
 .env.example): embedded mode by default (SQLite + Celery's filesystem transport under DATA_DIR), URLs switch to
-distributed.
+distributed. Only pydantic here: a container health check imports it without SQLAlchemy or CUDA.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from store.broker import DEFAULT_POLL_SECONDS, DEFAULT_VISIBILITY_TIMEOUT, transport_options
-from store.session import default_database_url
 
 EMBEDDED_BROKER_URL = "filesystem://"
 
@@ -43,7 +42,7 @@ class PlatformSettings(BaseSettings):
         # Resolved, so that every process (API, worker, reaper) finds the same files from any working directory.
         self.DATA_DIR = self.DATA_DIR.expanduser().resolve()
         if not self.DATABASE_URL:
-            self.DATABASE_URL = default_database_url(self.DATA_DIR)
+            self.DATABASE_URL = f"sqlite:///{self.DATA_DIR / 'flowdppo.db'}"  # absolute: every process, one file
         if not self.BROKER_URL:
             self.BROKER_URL = EMBEDDED_BROKER_URL
         return self

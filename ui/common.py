@@ -9,7 +9,7 @@ from typing import Any
 
 import gradio as gr
 
-from api.schemas import RunPublic
+from api.schemas import RunKind, RunPublic
 from api.services import Services
 from api.services import comparisons as comparison_service
 from api.services import runs as run_service
@@ -63,7 +63,7 @@ def owned_runs(session: Any, principal: Principal, run_ids: list[int] | None) ->
 def run_label(run: Any) -> str:
     """'#12 dppo' for a comparison variant, '#7 shapes-dppo' otherwise; evaluations say so."""
     name = run.variant or run.name or run.preset or "run"
-    prefix = "eval " if run.kind == "eval" else ""
+    prefix = "eval " if run.kind == RunKind.EVAL else ""
     return f"#{run.id} {prefix}{name}"
 
 

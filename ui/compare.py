@@ -13,6 +13,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from api.schemas import ACTIVE_STATUSES
 from api.services import Services
 from api.services import metrics as metric_service
 from trainer.losses import trust_region_metrics
@@ -105,7 +106,7 @@ def compare_view(
         smoothing=smoothing,
         reward_title=plots.metric_title(REWARD),
     )
-    active = any(r.status in ("queued", "running") for r in runs)
+    active = any(r.status in ACTIVE_STATUSES for r in runs)
     return CompareView(chart, reward_kl, summary_table(summaries, labels), config_diff(runs, labels), active)
 
 

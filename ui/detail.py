@@ -14,7 +14,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from api.schemas import EvaluateCreate, RunPublic
+from api.schemas import ACTIVE_STATUSES, EvaluateCreate, RunFilter, RunPublic
 from api.services import Services
 from api.services import runs as run_service
 from api.services import samples as sample_service
@@ -43,7 +43,7 @@ def run_header(run: RunPublic) -> str:
         lines.append(f"comparison group #{run.comparison_id} (variant `{run.variant}`)")
     if run.parent_run_id:
         lines.append(f"evaluation of run #{run.parent_run_id} (checkpoint {run.checkpoint_id or 'base model'})")
-    if run.cancel_requested and run.status in ("queued", "running"):
+    if run.cancel_requested and run.status in ACTIVE_STATUSES:
         lines.append("**cancel requested**: it stops after the current step")
     if run.error:
         lines.append(f"**error**\n```\n{run.error}\n```")
@@ -59,7 +59,8 @@ def run_detail(services: Services, token: str | None, run_id: int | None) -> dic
         run = RunPublic.model_validate(row)
         events = run_service.list_events(session, run=row)
         checkpoints = sample_service.list_checkpoints(session, run=row)
-        evals = run_service.list_runs(session, team_id=principal.team_id, parent_run_id=run.id, limit=100).data
+        filters = RunFilter(parent_run_id=run.id)
+        evals = run_service.list_runs(session, team_id=principal.team_id, filters=filters, limit=100).data
     return {
         "header": run_header(run),
         "config": run.config,

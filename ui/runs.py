@@ -13,13 +13,13 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from api.schemas import ACTIVE_STATUSES, RunFilter, RunStatus
 from api.services import Services
 from api.services import metrics as metric_service
 from api.services import runs as run_service
 from ui.common import elapsed_s, format_duration, format_value, owned_runs, team_session
 
-STATUSES = ["all", "queued", "running", "succeeded", "failed", "cancelled"]
-ACTIVE = ("queued", "running")
+STATUSES = ["all", *(s.value for s in RunStatus)]
 COLUMNS = ["id", "name", "kind", "status", "progress", "step", "reward", "elapsed", "worker", "tags", "group"]
 PAGE = 100
 TICK_SECONDS = 2.0
@@ -43,8 +43,7 @@ def runs_table(services: Services, token: str | None, status: str | None = "all"
         page = run_service.list_runs(
             session,
             team_id=principal.team_id,
-            status=None if status in (None, "", "all") else status,
-            tag=(tag or "").strip() or None,
+            filters=RunFilter(status=None if status in (None, "", "all") else status, tag=(tag or "").strip() or None),
             limit=PAGE,
         )
         # summaries() reads only id/name/variant/status/step/times of its runs: the page's rows carry them all.
@@ -56,7 +55,7 @@ def runs_table(services: Services, token: str | None, status: str | None = "all"
             r.id,
             _name(r),
             r.kind,
-            r.status + (" (cancelling)" if r.cancel_requested and r.status in ACTIVE else ""),
+            r.status + (" (cancelling)" if r.cancel_requested and r.status in ACTIVE_STATUSES else ""),
             progress_bar(r.progress),
             f"{r.step}/{r.total_steps}",
             format_value(reward[r.id].final) if reward.get(r.id) else "",
@@ -67,7 +66,7 @@ def runs_table(services: Services, token: str | None, status: str | None = "all"
         ]
         for r in page.data
     ]
-    return RunsTable(pd.DataFrame(rows, columns=COLUMNS), any(r.status in ACTIVE for r in page.data))
+    return RunsTable(pd.DataFrame(rows, columns=COLUMNS), any(r.status in ACTIVE_STATUSES for r in page.data))
 
 
 def _name(run: Any) -> str:
@@ -82,7 +81,7 @@ def cancel_run(services: Services, token: str | None, run_id: int | None) -> str
     with team_session(services, token) as (session, principal):
         (run,) = owned_runs(session, principal, [int(run_id)])
         updated = run_service.cancel_run(session, run=run)
-    if updated.status == "cancelled":
+    if updated.status == RunStatus.CANCELLED:
         return f"Run #{updated.id} cancelled."
     return f"Run #{updated.id}: cancel requested; it stops after its current step."
 

@@ -1,6 +1,6 @@
 """`flowdppo worker [--gpu N] [--queues train,eval]` and `flowdppo reaper`.
 
-A worker runs one job at a time (concurrency 1, not an option): store.runs.claim_run lets a worker take over a
+A worker runs one job at a time (concurrency 1, not an option): store.lifecycle.claim_run lets a worker take over a
 running run that names it, which is only right if that run can be nothing but its own redelivered job.
 """
 

@@ -7,6 +7,7 @@ tested by calling these directly.
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 import threading
@@ -23,7 +24,8 @@ from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from store import artifacts, checkpoints, metrics, runs, samples
+from store import artifacts, checkpoints, lifecycle, metrics, runs, samples
+from store.enums import RunStatus
 from store.models import Run
 from trainer.callbacks import Sample
 from trainer.config import EvalConfig, TrainConfig, format_validation_error
@@ -32,9 +34,11 @@ log = logging.getLogger(__name__)
 
 
 class Outcome(StrEnum):
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
+    """What a job did: a run's final status, or why it ended without one."""
+
+    SUCCEEDED = RunStatus.SUCCEEDED.value
+    FAILED = RunStatus.FAILED.value
+    CANCELLED = RunStatus.CANCELLED.value
     SKIPPED = "skipped"  # already finished, cancelled before start, or running elsewhere
     LOST = "lost"  # the run was requeued (this worker was presumed dead) or deleted while it ran
     PREEMPTED = "preempted"  # the worker is stopping: checkpointed, the run is queued again and its job re-sent
@@ -60,7 +64,7 @@ class StoreCallback:
     """The trainer's Callback, writing to the database: metrics, sample images + rows, checkpoint rows, liveness.
 
     Every report is also a heartbeat, and its writes land only while this attempt still runs the run (fenced in
-    the database, store.runs.fenced_write); should_stop() is True once a cancel was asked, the run is no longer
+    the database, store.lifecycle.fenced_write); should_stop() is True once a cancel was asked, the run is no longer
     ours, or the worker is shutting down (then `preempted`).
     """
 
@@ -71,20 +75,20 @@ class StoreCallback:
         self.samples_logged = 0
 
     def _beat(self) -> None:
-        beat = runs.heartbeat(self.session, run_id=self.run_id, attempt=self.attempt)
+        beat = lifecycle.heartbeat(self.session, run_id=self.run_id, attempt=self.attempt)
         self.owned = self.owned and beat.owned
         self.cancel_requested = self.cancel_requested or beat.cancel_requested
 
     @contextmanager
     def _fenced(self, step: int | None = None) -> Iterator[Session | None]:
-        """A session whose writes land only while this attempt owns the run (store.runs.fenced_write, which also
+        """A session whose writes land only while this attempt owns the run (store.lifecycle.fenced_write, which also
         records liveness and `step`'s progress); None once another attempt took the run over, then every later
         report is dropped as well."""
         if not self.owned:
             yield None
             return
         progress = None if step is None else self.progress(step)
-        with runs.fenced_write(
+        with lifecycle.fenced_write(
             self.session, run_id=self.run_id, attempt=self.attempt, step=step, progress=progress
         ) as writes:
             self.owned = writes is not None
@@ -152,7 +156,7 @@ class Heartbeat:
         with self.ctx.session_factory() as session:
             while not self.stop.wait(self.ctx.heartbeat_seconds):
                 try:
-                    beat = runs.heartbeat(session, run_id=self.run_id, attempt=self.attempt)
+                    beat = lifecycle.heartbeat(session, run_id=self.run_id, attempt=self.attempt)
                 except SQLAlchemyError:  # the driver's errors (OperationalError: connection lost, ...) come wrapped
                     # A database blip must not end the heartbeat, or a healthy job is reaped as lost.
                     log.warning("run %s: heartbeat failed, retrying", self.run_id, exc_info=True)
@@ -173,66 +177,94 @@ class Heartbeat:
 
 def run_training(run_id: int, *, ctx: JobContext, train_fn: Callable[..., Any] | None = None) -> Outcome:
     """Train run `run_id` (re-read from the store) into its artifact folder, resuming from its latest checkpoint."""
-    run = _claim(run_id, ctx)
-    if run is None:
-        return Outcome.SKIPPED
-    try:
-        config = TrainConfig.model_validate(run.config)
-    except ValidationError as err:
-        return _fail(ctx, run, f"invalid config:\n{format_validation_error(err)}")
-    if ctx.shutting_down():  # stopped between delivery and here: give the run back before loading any model
-        return _preempt(ctx, run)
-    if train_fn is None:
-        from trainer.train import train as train_fn
-
-    out_dir = artifacts.run_dir(ctx.data_dir, run.id)
-    total = max(1, run.total_steps or config.steps)
-    callback = StoreCallback(ctx, run, progress=lambda step: step / total)
-    try:
-        resume_from = _recorded_checkpoint(ctx, run.id, out_dir)
-        if resume_from is not None:
-            _event(ctx, run.id, f"resuming from checkpoint {artifacts.relative_to_data(ctx.data_dir, resume_from)}")
-        with Heartbeat(ctx, run, callback):
-            result = train_fn(config, callback, out_dir=out_dir, device=ctx.device, resume=True)
-    except Exception as err:  # the job boundary: any trainer error becomes the run's error, shown in the UI
-        return _fail(ctx, run, _describe(err))
-    finally:
-        callback.close()
-    return _finish(ctx, run, callback, stopped=bool(result.stopped))
+    return _execute(run_id, ctx, functools.partial(_training_job, ctx=ctx, train_fn=train_fn))
 
 
 def run_evaluation(run_id: int, *, ctx: JobContext, evaluate_fn: Callable[..., Any] | None = None) -> Outcome:
     """Evaluate run `run_id`: its checkpoint (run.checkpoint_id; None = the base model) on fixed prompts and seeds."""
+    return _execute(run_id, ctx, functools.partial(_evaluation_job, ctx=ctx, evaluate_fn=evaluate_fn))
+
+
+class _Refused(Exception):
+    """The run cannot start (invalid config, missing checkpoint): it fails with this message, nothing is loaded."""
+
+
+@dataclass
+class _Job:
+    """One kind of job, ready to run: its store callback, and `work`, which runs the trainer and returns whether
+    it stopped early (cancelled or preempted)."""
+
+    callback: StoreCallback
+    work: Callable[[], bool]
+
+
+def _execute(run_id: int, ctx: JobContext, prepare: Callable[[Run], _Job]) -> Outcome:
+    """The skeleton of every job: claim the run, prepare its job, run it with a heartbeat, record the outcome."""
     run = _claim(run_id, ctx)
     if run is None:
         return Outcome.SKIPPED
     try:
-        config = EvalConfig.model_validate(run.config)
-    except ValidationError as err:
-        return _fail(ctx, run, f"invalid config:\n{format_validation_error(err)}")
+        job = prepare(run)
+    except _Refused as err:
+        return _fail(ctx, run, str(err))
+    if ctx.shutting_down():  # stopped between delivery and here: give the run back before loading any model
+        job.callback.close()
+        return _preempt(ctx, run)
+    try:
+        with Heartbeat(ctx, run, job.callback):
+            stopped = job.work()
+    except Exception as err:  # the job boundary: any trainer error becomes the run's error, shown in the UI
+        return _fail(ctx, run, _describe(err))
+    finally:
+        job.callback.close()
+    return _finish(ctx, run, job.callback, stopped=stopped)
+
+
+def _training_job(run: Run, *, ctx: JobContext, train_fn: Callable[..., Any] | None) -> _Job:
+    config = _validated(TrainConfig, run)
+    out_dir = artifacts.run_dir(ctx.data_dir, run.id)
+    total = max(1, run.total_steps or config.steps)
+    callback = StoreCallback(ctx, run, progress=lambda step: step / total)
+
+    def work() -> bool:
+        train = train_fn
+        if train is None:
+            from trainer.train import train
+        resume_from = _recorded_checkpoint(ctx, run.id, out_dir)
+        if resume_from is not None:
+            _event(ctx, run.id, f"resuming from checkpoint {artifacts.relative_to_data(ctx.data_dir, resume_from)}")
+        return bool(train(config, callback, out_dir=out_dir, device=ctx.device, resume=True).stopped)
+
+    return _Job(callback, work)
+
+
+def _evaluation_job(run: Run, *, ctx: JobContext, evaluate_fn: Callable[..., Any] | None) -> _Job:
+    config = _validated(EvalConfig, run)
     checkpoint_path = None
     if run.checkpoint_id is not None:
         with ctx.session_factory() as session:
             row = checkpoints.get_checkpoint(session, checkpoint_id=run.checkpoint_id)
         if row is None:
-            return _fail(ctx, run, f"checkpoint {run.checkpoint_id} no longer exists")
+            raise _Refused(f"checkpoint {run.checkpoint_id} no longer exists")
         checkpoint_path = artifacts.resolve(ctx.data_dir, row.path)
-    if evaluate_fn is None:
-        from trainer.evaluate import evaluate as evaluate_fn
-
-    if ctx.shutting_down():
-        return _preempt(ctx, run)
     total = config.num_prompts * config.samples_per_prompt
-    callback = _EvalCallback(ctx, run, progress=lambda _step: 0.0)
-    callback.progress = lambda _step: min(1.0, callback.samples_logged / total)
+    callback = _EvalCallback(ctx, run, progress=lambda _step: min(1.0, callback.samples_logged / total))
+
+    def work() -> bool:
+        evaluate = evaluate_fn
+        if evaluate is None:
+            from trainer.evaluate import evaluate
+        evaluate(config, checkpoint=checkpoint_path, callback=callback, device=ctx.device)
+        return callback.cancel_requested or callback.preempted
+
+    return _Job(callback, work)
+
+
+def _validated(model: type[TrainConfig] | type[EvalConfig], run: Run) -> Any:
     try:
-        with Heartbeat(ctx, run, callback):
-            evaluate_fn(config, checkpoint=checkpoint_path, callback=callback, device=ctx.device)
-    except Exception as err:  # the job boundary, as in run_training
-        return _fail(ctx, run, _describe(err))
-    finally:
-        callback.close()
-    return _finish(ctx, run, callback, stopped=callback.cancel_requested or callback.preempted)
+        return model.model_validate(run.config)
+    except ValidationError as err:
+        raise _Refused(f"invalid config:\n{format_validation_error(err)}") from err
 
 
 class _EvalCallback(StoreCallback):
@@ -248,7 +280,7 @@ class _EvalCallback(StoreCallback):
 
 def _claim(run_id: int, ctx: JobContext) -> Run | None:
     with ctx.session_factory() as session:
-        run = runs.claim_run(session, run_id=run_id, worker=ctx.worker, stale_after=ctx.stale_after)
+        run = lifecycle.claim_run(session, run_id=run_id, worker=ctx.worker, stale_after=ctx.stale_after)
         if run is None:
             current = runs.get_run(session, run_id=run_id)
             state = "deleted" if current is None else f"{current.status} on {current.worker or 'no worker'}"
@@ -282,7 +314,7 @@ def _finish(ctx: JobContext, run: Run, callback: StoreCallback, *, stopped: bool
         return _preempt(ctx, run)
     status = Outcome.CANCELLED if stopped and callback.cancel_requested else Outcome.SUCCEEDED
     with ctx.session_factory() as session:
-        if not runs.finish_run(session, run_id=run.id, status=status.value, attempt=run.attempt):
+        if not lifecycle.finish_run(session, run_id=run.id, status=RunStatus(status.value), attempt=run.attempt):
             return Outcome.LOST
     return status
 
@@ -293,10 +325,10 @@ def _preempt(ctx: JobContext, run: Run, reason: str = "worker shutting down") ->
     A cancel that arrived meanwhile still means cancelled; a run that moved on (requeued, deleted) is LOST.
     """
     with ctx.session_factory() as session:
-        queued = runs.preempt_run(session, run_id=run.id, attempt=run.attempt, reason=f"{reason} ({ctx.worker})")
+        queued = lifecycle.preempt_run(session, run_id=run.id, attempt=run.attempt, reason=f"{reason} ({ctx.worker})")
         if queued is None:
-            if runs.is_cancel_requested(session, run_id=run.id) and runs.finish_run(
-                session, run_id=run.id, status="cancelled", attempt=run.attempt
+            if lifecycle.is_cancel_requested(session, run_id=run.id) and lifecycle.finish_run(
+                session, run_id=run.id, status=RunStatus.CANCELLED, attempt=run.attempt
             ):
                 return Outcome.CANCELLED
             return Outcome.LOST
@@ -308,7 +340,9 @@ def _preempt(ctx: JobContext, run: Run, reason: str = "worker shutting down") ->
     except Exception as err:  # as the reaper: the run must not stay queued with no job behind it
         log.exception("could not re-send run %s", run.id)
         with ctx.session_factory() as session:
-            runs.finish_run(session, run_id=run.id, status="failed", error=f"preempted, could not requeue: {err}")
+            lifecycle.finish_run(
+                session, run_id=run.id, status=RunStatus.FAILED, error=f"preempted, could not requeue: {err}"
+            )
         return Outcome.FAILED
     return Outcome.PREEMPTED
 
@@ -316,7 +350,7 @@ def _preempt(ctx: JobContext, run: Run, reason: str = "worker shutting down") ->
 def _fail(ctx: JobContext, run: Run, error: str) -> Outcome:
     log.error("run %s failed: %s", run.id, error)
     with ctx.session_factory() as session:
-        if not runs.finish_run(session, run_id=run.id, status="failed", error=error, attempt=run.attempt):
+        if not lifecycle.finish_run(session, run_id=run.id, status=RunStatus.FAILED, error=error, attempt=run.attempt):
             return Outcome.LOST
     return Outcome.FAILED
 

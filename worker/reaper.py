@@ -11,7 +11,8 @@ from datetime import timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from store import runs
+from store import lifecycle
+from store.enums import RunStatus
 from store.models import Run
 from worker.settings import WorkerSettings
 
@@ -24,17 +25,19 @@ def reap_stale_runs(session: Session, *, stale_after: timedelta, enqueue: Enqueu
     """One pass: every lost run is requeued (attempt + 1, event) and its job sent again, or failed with the error
     shown once max_attempts is used up. Safe to run from several processes at once. Returns the runs changed."""
     changed = []
-    for run in runs.find_stale_runs(session, older_than=stale_after):
+    for run in lifecycle.find_stale_runs(session, older_than=stale_after):
         seconds, worker = int(stale_after.total_seconds()), run.worker
         reason = f"worker {worker or '?'} stopped sending heartbeats (none for {seconds} s)"
-        updated = runs.requeue_run(session, run_id=run.id, attempt=run.attempt, reason=reason)
+        updated = lifecycle.requeue_run(session, run_id=run.id, attempt=run.attempt, reason=reason)
         if updated is None:
             continue  # another reaper (or the worker itself) got there first
-        if updated.status == "queued":
+        if updated.status == RunStatus.QUEUED:
             try:
                 enqueue(updated.id, updated.kind)
             except Exception as err:  # the broker is down: the run must not stay queued with no job behind it
-                runs.finish_run(session, run_id=updated.id, status="failed", error=f"could not requeue: {err}")
+                lifecycle.finish_run(
+                    session, run_id=updated.id, status=RunStatus.FAILED, error=f"could not requeue: {err}"
+                )
         log.warning("run %s lost on %s: now %s (attempt %s)", run.id, worker, updated.status, updated.attempt)
         changed.append(updated)
     return changed

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Depends, Query, status
 
 from api.deps import CurrentTeam, RunForTeam, ServicesDep, SessionDep
-from api.schemas import EvaluateCreate, Message, RunCreate, RunEventPublic, RunKind, RunPublic, RunsPublic, RunStatus
+from api.schemas import EvaluateCreate, Message, RunCreate, RunEventPublic, RunFilter, RunPublic, RunsPublic
 from api.services import runs as service
 
 router = APIRouter(prefix="/runs", tags=["runs"])
@@ -25,26 +25,12 @@ def create_run(body: RunCreate, session: SessionDep, team: CurrentTeam, services
 def list_runs(
     session: SessionDep,
     team: CurrentTeam,
-    status: RunStatus | None = None,
-    kind: RunKind | None = None,
-    tag: str | None = None,
-    comparison_id: int | None = None,
-    parent_run_id: int | None = None,
+    filters: Annotated[RunFilter, Depends()],  # query parameters status, kind, tag, comparison_id, parent_run_id
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> RunsPublic:
     """Newest first, without configs (GET /runs/{run_id} has them); pass `next_cursor` back as `cursor`."""
-    return service.list_runs(
-        session,
-        team_id=team.team_id,
-        status=status,
-        kind=kind,
-        tag=tag,
-        comparison_id=comparison_id,
-        parent_run_id=parent_run_id,
-        cursor=cursor,
-        limit=limit,
-    )
+    return service.list_runs(session, team_id=team.team_id, filters=filters, cursor=cursor, limit=limit)
 
 
 @router.get("/{run_id}")

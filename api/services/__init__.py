@@ -5,7 +5,7 @@ and return api.schemas models. `Services` bundles what they need: settings, a se
 
     services = Services.from_settings(Settings())
     with services.session() as session:
-        page = runs.list_runs(session, team_id=principal.team_id, status="running")
+        page = runs.list_runs(session, team_id=principal.team_id, filters=RunFilter(status=RunStatus.RUNNING))
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from api.schemas import MetricsPublic, MetricSummary, RunSummary, Series, Summar
 from api.services import Services
 from store import metrics as store_metrics
 from store import runs as store_runs
+from store.enums import FINISHED_STATUSES
 from store.models import Run, utcnow
 from trainer.losses import trust_region_metrics
 
@@ -156,7 +157,7 @@ async def live_events(
         if status != last_status:
             last_status = status
             yield {"event": "status", "data": status}
-        if status["status"] in ("succeeded", "failed", "cancelled") and not steps:
+        if status["status"] in FINISHED_STATUSES and not steps:
             yield {"event": "end", "data": {"status": status["status"]}}
             return
         await anyio.sleep(poll)

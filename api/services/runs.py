@@ -13,8 +13,11 @@ from api.services.configs import resolve_eval_config, resolve_train_config
 from api.services.errors import ConflictError, InvalidConfigError, NotFoundError, ServiceError
 from api.services.queue import TaskQueue
 from store import checkpoints as store_checkpoints
+from store import lifecycle as store_lifecycle
 from store import runs as store_runs
+from store.enums import RunKind, RunStatus
 from store.models import Run
+from store.runs import ANY_RUN, RunFilter
 from trainer.config import TrainConfig
 
 _LIST_ITEMS = TypeAdapter(list[RunListItem])  # one validator call per page, not one per row
@@ -40,7 +43,7 @@ def create_run(
         session,
         team_id=team_id,
         config=config.model_dump(mode="json"),
-        kind="train",
+        kind=RunKind.TRAIN,
         name=body.name or body.preset or "",
         tags=body.tags,
         preset=body.preset,
@@ -54,7 +57,7 @@ def enqueue(session: Session, *, queue: TaskQueue, run: Run) -> None:
     try:
         queue.enqueue_run(run_id=run.id, kind=run.kind)
     except ServiceError as err:
-        store_runs.finish_run(session, run_id=run.id, status="failed", error=err.message)
+        store_lifecycle.finish_run(session, run_id=run.id, status=RunStatus.FAILED, error=err.message)
         raise
 
 
@@ -62,28 +65,16 @@ def list_runs(
     session: Session,
     *,
     team_id: int,
-    status: str | None = None,
-    kind: str | None = None,
-    tag: str | None = None,
-    comparison_id: int | None = None,
-    parent_run_id: int | None = None,
+    filters: RunFilter = ANY_RUN,
     cursor: str | None = None,
     limit: int = 50,
 ) -> RunsPublic:
     """Newest first, one page of RunListItem (no configs: get_run has them); pass `next_cursor` back as `cursor`."""
     try:
         rows, next_cursor = store_runs.list_run_rows(
-            session,
-            team_id=team_id,
-            status=status,
-            kind=kind,
-            tag=tag,
-            comparison_id=comparison_id,
-            parent_run_id=parent_run_id,
-            cursor=cursor,
-            limit=limit,
+            session, team_id=team_id, filters=filters, cursor=cursor, limit=limit
         )
-    except ValueError as err:  # a forged cursor or an unknown status
+    except ValueError as err:  # a forged cursor
         raise InvalidConfigError(
             [{"loc": ["query"], "msg": str(err), "type": "value_error", "input": cursor}]
         ) from err
@@ -97,7 +88,7 @@ def get_run(session: Session, *, team_id: int, run_id: int) -> RunPublic:
 
 def cancel_run(session: Session, *, run: Run) -> RunPublic:
     """A queued run is cancelled at once (its job is skipped); a running one stops after its current step."""
-    updated = store_runs.request_cancel(session, run_id=run.id, team_id=run.team_id)
+    updated = store_lifecycle.request_cancel(session, run_id=run.id, team_id=run.team_id)
     if updated is None:
         raise NotFoundError(f"run {run.id} not found")
     return RunPublic.model_validate(updated)
@@ -105,8 +96,8 @@ def cancel_run(session: Session, *, run: Run) -> RunPublic:
 
 def delete_run(session: Session, *, run: Run, data_dir: str) -> None:
     """Delete a finished or queued run with its evaluations and files; a running run must be cancelled first."""
-    if run.status == "queued":
-        store_runs.request_cancel(session, run_id=run.id)  # its job, if delivered later, finds no run and skips
+    if run.status == RunStatus.QUEUED:
+        store_lifecycle.request_cancel(session, run_id=run.id)  # its job, if delivered later, finds no run and skips
     try:
         store_runs.delete_run(session, run_id=run.id, data_dir=data_dir, team_id=run.team_id)
     except store_runs.RunActiveError as err:
@@ -123,7 +114,7 @@ def evaluate(
     session: Session, *, queue: TaskQueue, input_roots: Sequence[Path], run: Run, body: EvaluateCreate
 ) -> RunPublic:
     """An eval run (kind 'eval', parent_run_id = run) of one of the run's checkpoints, or of the base model."""
-    if run.kind != "train":
+    if run.kind != RunKind.TRAIN:
         raise ConflictError(f"run {run.id} is an evaluation; evaluate its parent run {run.parent_run_id} instead")
     if body.checkpoint_id is not None:
         checkpoint = store_checkpoints.get_checkpoint(session, checkpoint_id=body.checkpoint_id)
@@ -138,7 +129,7 @@ def evaluate(
         session,
         team_id=run.team_id,
         config=config.model_dump(mode="json"),
-        kind="eval",
+        kind=RunKind.EVAL,
         name=body.name or f"eval of run {run.id} ({target})",
         tags=list(run.tags),
         parent_run_id=run.id,

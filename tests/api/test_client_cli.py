@@ -9,6 +9,7 @@ from rich.progress import Progress
 import flowdppo
 from api import cli
 from api.client import ApiError, Client
+from store import lifecycle as store_lifecycle
 from store import runs as store_runs
 from store import teams as store_teams
 
@@ -45,7 +46,7 @@ def test_client_round_trip(api_client, client, session, team):
 def test_client_stream_and_summaries(api_client, session, team):
     run = make_run(session, team_id=team.team_id, status="running")
     add_points(session, run_id=run, steps=range(3), keys={"reward/total/mean": 0.5, "mask/fraction": 0.1})
-    store_runs.finish_run(session, run_id=run, status="succeeded")
+    store_lifecycle.finish_run(session, run_id=run, status="succeeded")
     session.commit()
     events = list(api_client.stream(run))
     assert [e.data["step"] for e in events if e.event == "metrics"] == [0, 1, 2]
@@ -74,7 +75,7 @@ def test_cli_submit_runs_cancel_compare_watch(cli_client, capsys, session, team)
     assert "cancelled" in capsys.readouterr().out
     done = make_run(session, team_id=team.team_id, status="running", name="mine")
     add_points(session, run_id=done, steps=range(4), keys={"reward/total/mean": 0.25, "kl_ref/mean": 0.01})
-    store_runs.finish_run(session, run_id=done, status="succeeded")
+    store_lifecycle.finish_run(session, run_id=done, status="succeeded")
     session.commit()
     assert flowdppo.main(["compare", str(done), str(run_id)]) == 0
     table = capsys.readouterr().out
@@ -87,8 +88,8 @@ def test_cli_watch_counts_finished_training_steps(cli_client, capsys, monkeypatc
     done = make_run(session, team_id=team.team_id, status="running")
     add_points(session, run_id=done, steps=range(4), keys={"reward/total/mean": 0.25})  # 0: the base evaluation
     attempt = store_runs.get_run(session, run_id=done).attempt
-    store_runs.heartbeat(session, run_id=done, attempt=attempt, step=3, progress=0.3)  # 3 of 10 steps trained
-    store_runs.finish_run(session, run_id=done, status="succeeded")
+    store_lifecycle.heartbeat(session, run_id=done, attempt=attempt, step=3, progress=0.3)  # 3 of 10 steps trained
+    store_lifecycle.finish_run(session, run_id=done, status="succeeded")
     session.commit()
     completed = []
     update = Progress.update

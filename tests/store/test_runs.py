@@ -7,11 +7,13 @@ from datetime import timedelta
 
 import pytest
 
-from store import artifacts, checkpoints, metrics, runs, teams
+from store import artifacts, checkpoints, lifecycle, metrics, runs, teams
 from store.models import Run, utcnow
+from store.runs import RunFilter
 from store.session import make_sessionmaker
 
 STALE = timedelta(seconds=60)
+TRAIN = RunFilter(kind="train")
 
 
 @pytest.fixture
@@ -41,93 +43,96 @@ def test_list_filters_and_cursor_pagination(session, team):
     made = [_run(session, team, tags=["even"] if i % 2 == 0 else ["odd", "x"]) for i in range(7)]
     _run(session, other, tags=["even"])
     evaluation = _run(session, team, kind="eval", parent_run_id=made[0].id)
-    runs.request_cancel(session, run_id=made[1].id)
+    lifecycle.request_cancel(session, run_id=made[1].id)
 
-    page, cursor, seen = *runs.list_runs(session, team_id=team.id, kind="train", limit=3), []
+    page, cursor, seen = *runs.list_runs(session, team_id=team.id, filters=TRAIN, limit=3), []
     seen += [r.id for r in page]
     while cursor:
-        page, cursor = runs.list_runs(session, team_id=team.id, kind="train", cursor=cursor, limit=3)
+        page, cursor = runs.list_runs(session, team_id=team.id, filters=TRAIN, cursor=cursor, limit=3)
         seen += [r.id for r in page]
     assert seen == sorted((r.id for r in made), reverse=True)  # newest first, nothing missing or repeated
 
-    evens, _ = runs.list_runs(session, team_id=team.id, tag="even", kind="train")
+    evens, _ = runs.list_runs(session, team_id=team.id, filters=RunFilter(tag="even", kind="train"))
     assert {r.id for r in evens} == {made[i].id for i in (0, 2, 4, 6)}
-    assert runs.count_runs(session, team_id=team.id, tag="odd") == 3
-    cancelled, _ = runs.list_runs(session, team_id=team.id, status="cancelled")
+    assert runs.count_runs(session, team_id=team.id, filters=RunFilter(tag="odd")) == 3
+    cancelled, _ = runs.list_runs(session, team_id=team.id, filters=RunFilter(status="cancelled"))
     assert [r.id for r in cancelled] == [made[1].id]
-    assert runs.count_runs(session, team_id=team.id, status=["queued", "cancelled"]) == 8
-    children, _ = runs.list_runs(session, team_id=team.id, parent_run_id=made[0].id)
+    assert (
+        sum(runs.count_runs(session, team_id=team.id, filters=RunFilter(status=s)) for s in ("queued", "cancelled"))
+        == 8
+    )
+    children, _ = runs.list_runs(session, team_id=team.id, filters=RunFilter(parent_run_id=made[0].id))
     assert [r.id for r in children] == [evaluation.id]
     with pytest.raises(ValueError):
         runs.list_runs(session, team_id=team.id, cursor="not-a-cursor")
-    with pytest.raises(ValueError):
-        runs.list_runs(session, team_id=team.id, status="bogus")
+    with pytest.raises(ValueError, match="status must be one of"):
+        runs.list_runs(session, team_id=team.id, filters=RunFilter(status="bogus"))
 
 
 def test_claim_heartbeat_finish(session, team):
     run = _run(session, team)
-    claimed = runs.claim_run(session, run_id=run.id, worker="w1@host", stale_after=STALE)
+    claimed = lifecycle.claim_run(session, run_id=run.id, worker="w1@host", stale_after=STALE)
     assert (claimed.status, claimed.worker) == ("running", "w1@host") and claimed.started_at is not None
     # a second worker with a fresh heartbeat in place gets nothing; the same worker (a redelivery) may re-claim,
     # as a new attempt
-    assert runs.claim_run(session, run_id=run.id, worker="w2@host", stale_after=STALE) is None
-    assert runs.claim_run(session, run_id=run.id, worker="w1@host", stale_after=STALE).attempt == 2
+    assert lifecycle.claim_run(session, run_id=run.id, worker="w2@host", stale_after=STALE) is None
+    assert lifecycle.claim_run(session, run_id=run.id, worker="w1@host", stale_after=STALE).attempt == 2
 
-    beat = runs.heartbeat(session, run_id=run.id, attempt=2, step=2, progress=0.4)
+    beat = lifecycle.heartbeat(session, run_id=run.id, attempt=2, step=2, progress=0.4)
     assert beat.owned and not beat.cancel_requested and not beat.should_stop
     refreshed = runs.get_run(session, run_id=run.id)
     assert (refreshed.step, refreshed.progress) == (2, 0.4)
-    assert not runs.heartbeat(session, run_id=run.id, attempt=1).owned  # another attempt's worker is fenced off
+    assert not lifecycle.heartbeat(session, run_id=run.id, attempt=1).owned  # another attempt's worker is fenced off
 
-    assert runs.finish_run(session, run_id=run.id, status="succeeded", attempt=2)
-    assert not runs.finish_run(session, run_id=run.id, status="failed", error="late")  # first final status wins
+    assert lifecycle.finish_run(session, run_id=run.id, status="succeeded", attempt=2)
+    assert not lifecycle.finish_run(session, run_id=run.id, status="failed", error="late")  # first final status wins
     done = runs.get_run(session, run_id=run.id)
     assert (done.status, done.progress, done.error) == ("succeeded", 1.0, None) and done.finished_at is not None
-    assert runs.claim_run(session, run_id=run.id, worker="w1@host", stale_after=STALE) is None
+    assert lifecycle.claim_run(session, run_id=run.id, worker="w1@host", stale_after=STALE) is None
     with pytest.raises(ValueError):
-        runs.finish_run(session, run_id=run.id, status="running")
+        lifecycle.finish_run(session, run_id=run.id, status="running")
 
 
 def test_stale_running_run_can_be_claimed_by_another_worker(session, team):
     run = _run(session, team)
-    runs.claim_run(session, run_id=run.id, worker="w1", stale_after=STALE)
+    lifecycle.claim_run(session, run_id=run.id, worker="w1", stale_after=STALE)
     session.query(Run).filter_by(id=run.id).update({"heartbeat_at": utcnow() - timedelta(minutes=5)})
     session.commit()
-    assert runs.claim_run(session, run_id=run.id, worker="w2", stale_after=STALE).worker == "w2"
+    assert lifecycle.claim_run(session, run_id=run.id, worker="w2", stale_after=STALE).worker == "w2"
 
 
 def test_cancel_queued_never_starts_and_running_gets_flag(session, team):
     queued = _run(session, team)
-    cancelled = runs.request_cancel(session, run_id=queued.id)
+    cancelled = lifecycle.request_cancel(session, run_id=queued.id)
     assert cancelled.status == "cancelled" and cancelled.finished_at is not None
-    assert runs.claim_run(session, run_id=queued.id, worker="w", stale_after=STALE) is None
+    assert lifecycle.claim_run(session, run_id=queued.id, worker="w", stale_after=STALE) is None
 
     running = _run(session, team)
-    runs.claim_run(session, run_id=running.id, worker="w", stale_after=STALE)
-    assert not runs.is_cancel_requested(session, run_id=running.id)
-    after = runs.request_cancel(session, run_id=running.id)
+    lifecycle.claim_run(session, run_id=running.id, worker="w", stale_after=STALE)
+    assert not lifecycle.is_cancel_requested(session, run_id=running.id)
+    after = lifecycle.request_cancel(session, run_id=running.id)
     assert after.status == "running" and after.cancel_requested
-    assert runs.is_cancel_requested(session, run_id=running.id)
-    assert runs.heartbeat(session, run_id=running.id, attempt=1).should_stop
+    assert lifecycle.is_cancel_requested(session, run_id=running.id)
+    assert lifecycle.heartbeat(session, run_id=running.id, attempt=1).should_stop
 
-    assert runs.request_cancel(session, run_id=running.id, team_id=team.id + 999) is None
-    assert runs.is_cancel_requested(session, run_id=123456)  # a deleted run must stop too
+    assert lifecycle.request_cancel(session, run_id=running.id, team_id=team.id + 999) is None
+    assert lifecycle.is_cancel_requested(session, run_id=123456)  # a deleted run must stop too
 
 
 def test_reaper_bookkeeping_requeues_then_fails(session, team):
     run = _run(session, team, max_attempts=2)
-    runs.claim_run(session, run_id=run.id, worker="w", stale_after=STALE)
-    assert runs.find_stale_runs(session, older_than=STALE) == []
+    lifecycle.claim_run(session, run_id=run.id, worker="w", stale_after=STALE)
+    assert lifecycle.find_stale_runs(session, older_than=STALE) == []
     session.query(Run).filter_by(id=run.id).update({"heartbeat_at": utcnow() - timedelta(minutes=5)})
     session.commit()
-    assert [r.id for r in runs.find_stale_runs(session, older_than=STALE)] == [run.id]
+    assert [r.id for r in lifecycle.find_stale_runs(session, older_than=STALE)] == [run.id]
 
-    requeued = runs.requeue_run(session, run_id=run.id, attempt=1, reason="heartbeat lost")
+    requeued = lifecycle.requeue_run(session, run_id=run.id, attempt=1, reason="heartbeat lost")
     assert (requeued.status, requeued.attempt, requeued.worker) == ("queued", 2, None)
-    assert runs.requeue_run(session, run_id=run.id, attempt=1, reason="again") is None  # a second reaper: no-op
+    assert lifecycle.requeue_run(session, run_id=run.id, attempt=1, reason="again") is None  # a second reaper: no-op
 
-    runs.claim_run(session, run_id=run.id, worker="w2", stale_after=STALE)
-    failed = runs.requeue_run(session, run_id=run.id, attempt=2, reason="heartbeat lost")
+    lifecycle.claim_run(session, run_id=run.id, worker="w2", stale_after=STALE)
+    failed = lifecycle.requeue_run(session, run_id=run.id, attempt=2, reason="heartbeat lost")
     assert failed.status == "failed" and "heartbeat lost" in failed.error and failed.finished_at is not None
     levels = [(e.level, e.message) for e in runs.list_events(session, run_id=run.id)]
     assert any(level == "warning" and "requeued" in m for level, m in levels)
@@ -136,9 +141,9 @@ def test_reaper_bookkeeping_requeues_then_fails(session, team):
 
 def test_lost_run_with_pending_cancel_becomes_cancelled(session, team):
     run = _run(session, team)
-    runs.claim_run(session, run_id=run.id, worker="w", stale_after=STALE)
-    runs.request_cancel(session, run_id=run.id)
-    assert runs.requeue_run(session, run_id=run.id, attempt=1, reason="lost").status == "cancelled"
+    lifecycle.claim_run(session, run_id=run.id, worker="w", stale_after=STALE)
+    lifecycle.request_cancel(session, run_id=run.id)
+    assert lifecycle.requeue_run(session, run_id=run.id, attempt=1, reason="lost").status == "cancelled"
 
 
 def test_delete_run_removes_rows_children_and_files(session, team, tmp_path):
@@ -148,10 +153,10 @@ def test_delete_run_removes_rows_children_and_files(session, team, tmp_path):
         (artifacts.run_dir(tmp_path, r.id) / "f.txt").write_text("x")
     metrics.append_metrics(session, run_id=run.id, step=1, values={"a": 1.0})
     ckpt = checkpoints.add_checkpoint(session, run_id=run.id, step=1, path=f"runs/{run.id}/checkpoints/step_000001")
-    runs.claim_run(session, run_id=child.id, worker="w", stale_after=STALE)
+    lifecycle.claim_run(session, run_id=child.id, worker="w", stale_after=STALE)
     with pytest.raises(runs.RunActiveError):
         runs.delete_run(session, run_id=run.id, data_dir=tmp_path)
-    runs.finish_run(session, run_id=child.id, status="failed", error="x")
+    lifecycle.finish_run(session, run_id=child.id, status="failed", error="x")
     assert not runs.delete_run(session, run_id=run.id, data_dir=tmp_path, team_id=team.id + 999)
     assert runs.delete_run(session, run_id=run.id, data_dir=tmp_path, team_id=team.id)
     session.expunge_all()
@@ -163,19 +168,19 @@ def test_delete_run_removes_rows_children_and_files(session, team, tmp_path):
 
 def test_active_runs(session, team):
     a, _b = _run(session, team), _run(session, team)
-    runs.claim_run(session, run_id=a.id, worker="gpu0@h", stale_after=STALE)
+    lifecycle.claim_run(session, run_id=a.id, worker="gpu0@h", stale_after=STALE)
     assert [(r.id, r.worker) for r in runs.active_runs(session)] == [(a.id, "gpu0@h")]
 
 
 def test_reclaiming_a_running_run_is_a_new_attempt_until_max_attempts(session, team):
     run = _run(session, team, max_attempts=2)
-    assert runs.claim_run(session, run_id=run.id, worker="w1", stale_after=STALE).attempt == 1
+    assert lifecycle.claim_run(session, run_id=run.id, worker="w1", stale_after=STALE).attempt == 1
     # a redelivery to the same worker (its child was killed): a new attempt, the old one fenced off
-    again = runs.claim_run(session, run_id=run.id, worker="w1", stale_after=STALE)
+    again = lifecycle.claim_run(session, run_id=run.id, worker="w1", stale_after=STALE)
     assert (again.status, again.attempt) == ("running", 2)
-    assert not runs.heartbeat(session, run_id=run.id, attempt=1).owned
+    assert not lifecycle.heartbeat(session, run_id=run.id, attempt=1).owned
     # the third delivery would exceed max_attempts: the run fails instead of being claimed forever
-    assert runs.claim_run(session, run_id=run.id, worker="w1", stale_after=STALE) is None
+    assert lifecycle.claim_run(session, run_id=run.id, worker="w1", stale_after=STALE) is None
     failed = runs.get_run(session, run_id=run.id)
     assert failed.status == "failed" and "2 attempts" in failed.error and failed.finished_at is not None
     assert runs.list_events(session, run_id=run.id)[-1].level == "error"
@@ -183,32 +188,32 @@ def test_reclaiming_a_running_run_is_a_new_attempt_until_max_attempts(session, t
 
 def test_stale_takeover_by_another_worker_fences_off_the_old_one(session, team):
     run = _run(session, team)
-    runs.claim_run(session, run_id=run.id, worker="w1", stale_after=STALE)
+    lifecycle.claim_run(session, run_id=run.id, worker="w1", stale_after=STALE)
     session.query(Run).filter_by(id=run.id).update({"heartbeat_at": utcnow() - timedelta(minutes=5)})
     session.commit()
-    taken = runs.claim_run(session, run_id=run.id, worker="w2", stale_after=STALE)
+    taken = lifecycle.claim_run(session, run_id=run.id, worker="w2", stale_after=STALE)
     assert (taken.worker, taken.attempt) == ("w2", 2)
-    assert not runs.heartbeat(session, run_id=run.id, attempt=1).owned
-    assert not runs.finish_run(session, run_id=run.id, status="failed", error="late", attempt=1)
+    assert not lifecycle.heartbeat(session, run_id=run.id, attempt=1).owned
+    assert not lifecycle.finish_run(session, run_id=run.id, status="failed", error="late", attempt=1)
 
 
 def test_fenced_write_lands_only_while_the_attempt_owns_the_run(session, team):
     run = _run(session, team)
-    runs.claim_run(session, run_id=run.id, worker="w1", stale_after=STALE)
-    with runs.fenced_write(session, run_id=run.id, attempt=1, step=1, progress=0.25) as writes:
+    lifecycle.claim_run(session, run_id=run.id, worker="w1", stale_after=STALE)
+    with lifecycle.fenced_write(session, run_id=run.id, attempt=1, step=1, progress=0.25) as writes:
         assert writes is not None
         metrics.append_metrics(writes, run_id=run.id, step=1, values={"loss": 1.0})  # commits a savepoint only
         runs.add_event(writes, run_id=run.id, message="checkpoint at step 1")
     session.expire_all()
     assert (runs.get_run(session, run_id=run.id).step, runs.get_run(session, run_id=run.id).progress) == (1, 0.25)
-    with pytest.raises(RuntimeError), runs.fenced_write(session, run_id=run.id, attempt=1) as writes:
+    with pytest.raises(RuntimeError), lifecycle.fenced_write(session, run_id=run.id, attempt=1) as writes:
         metrics.append_metrics(writes, run_id=run.id, step=2, values={"loss": 2.0})
         raise RuntimeError("the writer failed half-way")  # nothing of this transaction lands
-    runs.requeue_run(session, run_id=run.id, attempt=1, reason="test")
-    runs.claim_run(session, run_id=run.id, worker="w2", stale_after=STALE)
-    with runs.fenced_write(session, run_id=run.id, attempt=1) as writes:
+    lifecycle.requeue_run(session, run_id=run.id, attempt=1, reason="test")
+    lifecycle.claim_run(session, run_id=run.id, worker="w2", stale_after=STALE)
+    with lifecycle.fenced_write(session, run_id=run.id, attempt=1) as writes:
         assert writes is None  # attempt 2 runs it now
-    with runs.fenced_write(session, run_id=run.id, attempt=2) as writes:
+    with lifecycle.fenced_write(session, run_id=run.id, attempt=2) as writes:
         metrics.append_metrics(writes, run_id=run.id, step=3, values={"loss": 3.0})
     session.rollback()
     assert [p.step for p in metrics.read_points(session, run_id=run.id, keys=["loss"])] == [1, 3]
@@ -218,15 +223,15 @@ def test_fenced_write_lands_only_while_the_attempt_owns_the_run(session, team):
 def test_a_takeover_waits_for_a_fenced_write_in_progress(session, team, db_engine):
     """The fence holds the run row until its writes commit: a takeover lands after them, never between."""
     run = _run(session, team)
-    runs.claim_run(session, run_id=run.id, worker="w1", stale_after=STALE)
+    lifecycle.claim_run(session, run_id=run.id, worker="w1", stale_after=STALE)
     taken = threading.Event()
 
     def take_over() -> None:
         with make_sessionmaker(db_engine)() as other:
-            runs.requeue_run(other, run_id=run.id, attempt=1, reason="test")
+            lifecycle.requeue_run(other, run_id=run.id, attempt=1, reason="test")
         taken.set()
 
-    with runs.fenced_write(session, run_id=run.id, attempt=1) as writes:
+    with lifecycle.fenced_write(session, run_id=run.id, attempt=1) as writes:
         metrics.append_metrics(writes, run_id=run.id, step=1, values={"loss": 1.0})
         thread = threading.Thread(target=take_over)
         thread.start()

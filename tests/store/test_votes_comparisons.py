@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from store import comparisons, runs, samples, teams, votes
+from store.runs import RunFilter
 from store.samples import NewSample
 
 
@@ -76,7 +77,7 @@ def test_comparison_creates_variant_runs_in_one_transaction(session):
         "loss": "clip"
     }
     assert [c.id for c in comparisons.list_comparisons(session, team_id=team.id)] == [comparison.id]
-    assert runs.count_runs(session, team_id=team.id, comparison_id=comparison.id) == 2
+    assert runs.count_runs(session, team_id=team.id, filters=RunFilter(comparison_id=comparison.id)) == 2
     with pytest.raises(ValueError, match="distinct"):
         comparisons.create_comparison(
             session, team_id=team.id, name="x", base_config=base, variants=[comparisons.VariantRun("a", base)] * 2

@@ -19,7 +19,7 @@ import pytest
 
 from api.services.queue import TaskQueue
 from api.services.workers import list_workers
-from store import checkpoints, metrics, runs, teams
+from store import checkpoints, lifecycle, metrics, runs, teams
 from store.models import Run
 from store.session import make_sessionmaker
 from worker.celery_app import create_celery_app, enqueue_run
@@ -138,14 +138,14 @@ def test_run_succeeds_and_cancels_take_effect(stack, tiny_config):
     long = stack.submit(tiny_config(steps=500, sample_every=0, checkpoint_every=0))
     queued = stack.submit(tiny_config(steps=3))  # behind `long` on a concurrency-1 worker
     with stack.sessions() as s:
-        assert runs.request_cancel(s, run_id=queued).status == "cancelled"
+        assert lifecycle.request_cancel(s, run_id=queued).status == "cancelled"
     stack.wait(long, lambda r: r.status == "running" and r.step >= 1, what="running")
     with stack.sessions() as s:
         team_id = runs.get_run(s, run_id=long).team_id
         workers = {w.name: w for w in list_workers(s, queue=TaskQueue(stack.app), team_id=team_id, timeout=2.0)}
     assert workers[name].online and workers[name].run_ids == [long] and "train" in workers[name].queues
     with stack.sessions() as s:
-        at_cancel = runs.request_cancel(s, run_id=long).step
+        at_cancel = lifecycle.request_cancel(s, run_id=long).step
     cancelled = stack.wait(long, lambda r: r.status != "running", timeout=60, what="cancelled")
     assert cancelled.status == "cancelled"
     assert max(stack.steps(long)) <= at_cancel + 1  # within one step

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 
-from store import artifacts, checkpoints, metrics, runs, samples
+from store import artifacts, checkpoints, lifecycle, metrics, runs, samples
 from store.models import Run, utcnow
 from trainer.callbacks import Sample
 from trainer.checkpoint import checkpoint_dir, latest_checkpoint
@@ -81,12 +81,12 @@ def test_finished_and_cancelled_runs_are_skipped(session, ctx, make_run, tiny_co
         raise AssertionError("the trainer must not start")
 
     done = make_run(tiny_config())
-    runs.claim_run(session, run_id=done.id, worker="other", stale_after=timedelta(seconds=30))
-    runs.finish_run(session, run_id=done.id, status="succeeded")
+    lifecycle.claim_run(session, run_id=done.id, worker="other", stale_after=timedelta(seconds=30))
+    lifecycle.finish_run(session, run_id=done.id, status="succeeded")
     cancelled = make_run(tiny_config())
-    runs.request_cancel(session, run_id=cancelled.id)
+    lifecycle.request_cancel(session, run_id=cancelled.id)
     busy = make_run(tiny_config())
-    runs.claim_run(session, run_id=busy.id, worker="other", stale_after=timedelta(seconds=30))
+    lifecycle.claim_run(session, run_id=busy.id, worker="other", stale_after=timedelta(seconds=30))
     for run in (done, cancelled, busy):
         assert jobs.run_training(run.id, ctx=ctx, train_fn=never) == jobs.Outcome.SKIPPED
     assert jobs.run_training(987654, ctx=ctx, train_fn=never) == jobs.Outcome.SKIPPED  # deleted
@@ -101,7 +101,7 @@ def test_cancel_stops_within_one_step(session, ctx, make_run, tiny_config):
     def cancel_at_2(step, _callback):
         if step == 2:
             with ctx.session_factory() as other:  # the API, in another session
-                runs.request_cancel(other, run_id=run.id)
+                lifecycle.request_cancel(other, run_id=run.id)
 
     assert jobs.run_training(run.id, ctx=ctx, train_fn=_wrapping_train(cancel_at_2)) == jobs.Outcome.CANCELLED
     assert _steps(session, run.id) == [1, 2]
@@ -142,7 +142,7 @@ def test_killed_run_is_reaped_and_resumes_without_missing_or_doubled_steps(sessi
 
 def test_reaper_fails_a_run_after_max_attempts(session, make_run, tiny_config):
     run = make_run(tiny_config(), max_attempts=1)
-    runs.claim_run(session, run_id=run.id, worker="w", stale_after=timedelta(seconds=30))
+    lifecycle.claim_run(session, run_id=run.id, worker="w", stale_after=timedelta(seconds=30))
     session.execute(update(Run).where(Run.id == run.id).values(heartbeat_at=utcnow() - timedelta(minutes=10)))
     session.commit()
     sent: list = []
@@ -154,7 +154,7 @@ def test_reaper_fails_a_run_after_max_attempts(session, make_run, tiny_config):
 
 def test_reaper_marks_run_failed_when_the_broker_refuses(session, make_run, tiny_config):
     run = make_run(tiny_config())
-    runs.claim_run(session, run_id=run.id, worker="w", stale_after=timedelta(seconds=30))
+    lifecycle.claim_run(session, run_id=run.id, worker="w", stale_after=timedelta(seconds=30))
     session.execute(update(Run).where(Run.id == run.id).values(heartbeat_at=utcnow() - timedelta(minutes=10)))
     session.commit()
 
@@ -172,7 +172,7 @@ def test_a_worker_whose_run_was_requeued_stops_and_writes_nothing(session, ctx, 
     def fake_train(config, callback, **_kw):
         callback.on_metrics(1, {KEY: 1.0})
         with ctx.session_factory() as other:  # the reaper decided this worker was dead
-            runs.requeue_run(other, run_id=run.id, attempt=1, reason="test")
+            lifecycle.requeue_run(other, run_id=run.id, attempt=1, reason="test")
         assert callback.should_stop()
         callback.on_metrics(2, {KEY: 2.0})  # ignored: the run belongs to the next attempt
 
@@ -285,7 +285,7 @@ def test_a_cancel_still_means_cancelled_while_the_worker_stops(session, ctx, mak
 
     def cancel_and_stop():
         with ctx.session_factory() as other:
-            runs.request_cancel(other, run_id=run.id)
+            lifecycle.request_cancel(other, run_id=run.id)
         stop.set()
 
     train_fn = _fake_train(stop_after=2, on_stop=cancel_and_stop)
@@ -298,7 +298,7 @@ def test_a_cancel_still_means_cancelled_while_the_worker_stops(session, ctx, mak
     def stop_then_cancel():
         stop.set()
         with ctx.session_factory() as other:
-            runs.request_cancel(other, run_id=late.id)
+            lifecycle.request_cancel(other, run_id=late.id)
 
     stop.clear()
     train_fn = _fake_train(stop_after=2, on_stop=stop_then_cancel)
@@ -361,12 +361,12 @@ def test_evaluation_stops_between_batches_and_is_requeued(session, ctx, make_run
 
 def test_an_old_attempt_writes_nothing_after_a_takeover(session, ctx, make_run, tiny_config):
     run = make_run(tiny_config())
-    old = runs.claim_run(session, run_id=run.id, worker=ctx.worker, stale_after=ctx.stale_after)
+    old = lifecycle.claim_run(session, run_id=run.id, worker=ctx.worker, stale_after=ctx.stale_after)
     callback = jobs.StoreCallback(ctx, old, progress=lambda step: step / 10)
     callback.on_metrics(1, {KEY: 1.0})  # while it owns the run
     # The reaper requeues the run and another worker claims it; the old attempt has not asked should_stop() yet.
-    runs.requeue_run(session, run_id=run.id, attempt=old.attempt, reason="test")
-    runs.claim_run(session, run_id=run.id, worker="other@host", stale_after=ctx.stale_after)
+    lifecycle.requeue_run(session, run_id=run.id, attempt=old.attempt, reason="test")
+    lifecycle.claim_run(session, run_id=run.id, worker="other@host", stale_after=ctx.stale_after)
     folder = checkpoint_dir(artifacts.run_dir(ctx.data_dir, run.id), 2)  # the trainer writes it, then reports it
     folder.mkdir(parents=True)
     image = np.zeros((8, 8, 3), dtype=np.uint8)
@@ -411,10 +411,10 @@ def test_resume_skips_checkpoint_folders_without_a_row(session, ctx, make_run, t
 
 def test_the_heartbeat_survives_database_errors(session, ctx, make_run, tiny_config, monkeypatch):
     run = make_run(tiny_config())
-    claimed = runs.claim_run(session, run_id=run.id, worker=ctx.worker, stale_after=ctx.stale_after)
+    claimed = lifecycle.claim_run(session, run_id=run.id, worker=ctx.worker, stale_after=ctx.stale_after)
     session.execute(update(Run).where(Run.id == run.id).values(heartbeat_at=utcnow() - timedelta(minutes=10)))
     session.commit()
-    real, calls = runs.heartbeat, []
+    real, calls = lifecycle.heartbeat, []
 
     def flaky(*args, **kwargs):
         calls.append(len(calls))
@@ -422,7 +422,7 @@ def test_the_heartbeat_survives_database_errors(session, ctx, make_run, tiny_con
             raise OperationalError("UPDATE runs ...", {}, Exception("server closed the connection unexpectedly"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(runs, "heartbeat", flaky)
+    monkeypatch.setattr(lifecycle, "heartbeat", flaky)
     callback = SimpleNamespace(owned=True)
     with jobs.Heartbeat(dataclasses.replace(ctx, heartbeat_seconds=0.05), claimed, callback) as beat:
         deadline = time.monotonic() + 10

@@ -9,8 +9,8 @@ import time
 import pytest
 from api_helpers import API, add_points, make_run
 
+from store import lifecycle as store_lifecycle
 from store import metrics as store_metrics
-from store import runs as store_runs
 
 
 def test_keys_series_step_range_and_max_points(client, session, team):
@@ -54,8 +54,8 @@ def test_live_stream_delivers_points_and_status_then_ends(client, services, sess
         time.sleep(0.3)
         with services.session() as s:
             add_points(s, run_id=run, steps=range(2, 4), keys={"reward/total/mean": 0.5})
-            store_runs.heartbeat(s, run_id=run, attempt=1, step=4, progress=1.0)
-            store_runs.finish_run(s, run_id=run, status="succeeded")
+            store_lifecycle.heartbeat(s, run_id=run, attempt=1, step=4, progress=1.0)
+            store_lifecycle.finish_run(s, run_id=run, status="succeeded")
 
     thread = threading.Thread(target=worker_side)
     thread.start()
