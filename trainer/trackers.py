@@ -1,0 +1,406 @@
+"""Mirrors of a run's metrics and samples to the trackers teams already use: TensorBoard event files and MLflow.
+
+A mirror is a Callback that writes somewhere other than the run's own record. `MirroredCallback` wraps the run's
+primary callback (the CLI's files, the worker's database) and fans every report out to the mirrors, each call
+guarded: a mirror that fails (tracker down, disk full) logs a rate-limited warning and never fails or slows the run;
+should_stop() comes from the primary callback alone. The libraries are optional (`pip install 'flowdppo[trackers]'`)
+and imported only when a mirror is built. Where a mirror may write is checked here (`TrackerSpec`); see
+docs/trackers.md for the rule.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import posixpath
+import queue
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from trainer.callbacks import Callback, NullCallback, Sample
+
+log = logging.getLogger(__name__)
+
+EXTRA_HINT = "pip install 'flowdppo[trackers]'"
+WARN_EVERY_S = 300.0  # a failing mirror warns once, then at most once per this many seconds
+# MLflow's limits (mlflow.utils.validation): param values, keys, params per log_batch call.
+MLFLOW_MAX_PARAM_VALUE, MLFLOW_MAX_KEY, MLFLOW_MAX_PARAMS_PER_BATCH = 6000, 250, 100
+_MLFLOW_KEY_UNSAFE = re.compile(r"[^\w\-. /]")  # MLflow names: alphanumerics, _ - . space /
+
+
+class TrackerSpec(BaseModel):
+    """One tracker a run mirrors to. Where it writes is bounded (docs/trackers.md):
+
+    - tensorboard: `uri` is a folder *relative to the run's output folder* (default "tensorboard").
+    - mlflow: `uri` is an http(s) tracking server (the platform also requires its host in the operator's
+      TRACKER_HOSTS), or `sqlite:///RELATIVE.db`, a database inside the run's output folder.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["tensorboard", "mlflow"] = Field(description="Which tracker: TensorBoard event files or MLflow.")
+    uri: str = Field(
+        "",
+        max_length=2000,
+        description="tensorboard: folder relative to the run's output (default 'tensorboard'); "
+        "mlflow: http(s)://host[:port][/path] or sqlite:///relative.db (inside the run's output).",
+    )
+    experiment: str = Field("flowdppo", min_length=1, max_length=250, description="MLflow experiment name.")
+    run_name: str | None = Field(None, max_length=250, description="MLflow run name; None = the run's own name.")
+
+    @model_validator(mode="after")
+    def _check_uri(self) -> TrackerSpec:
+        if self.kind == "tensorboard":
+            self.uri = self.uri or "tensorboard"
+            _check_relative(self.uri, "tensorboard folder")
+        elif self.uri.startswith("sqlite:///"):
+            _check_relative(self.uri.removeprefix("sqlite:///"), "sqlite database")
+        else:
+            parts = urlsplit(self.uri)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(
+                    f"mlflow uri {self.uri!r} must be http(s)://host[:port][/path] or sqlite:///relative/path.db"
+                )
+        return self
+
+    def local_path(self, out_dir: Path) -> Path | None:
+        """The file or folder this tracker writes under `out_dir`; None for a remote MLflow server."""
+        if self.kind == "tensorboard":
+            return Path(out_dir) / self.uri
+        if self.uri.startswith("sqlite:///"):
+            return Path(out_dir) / self.uri.removeprefix("sqlite:///")
+        return None
+
+
+def _check_relative(path: str, what: str) -> None:
+    """Refuse absolute paths, `..`, NUL and empty names: a tracker writes only inside the run's output folder."""
+    if not path or "\x00" in path or "\\" in path:
+        raise ValueError(f"{what} {path!r} must be a non-empty relative path without NUL or backslashes")
+    if path.startswith("/") or ".." in posixpath.normpath(path).split("/"):
+        raise ValueError(f"{what} {path!r} must be relative to the run's output folder, without '..'")
+
+
+def tracker_hosts(specs: Sequence[TrackerSpec]) -> list[str]:
+    """The `host[:port]` of each remote MLflow server in `specs` (for an operator allowlist check)."""
+    found = []
+    for spec in specs:
+        if spec.kind == "mlflow" and spec.local_path(Path(".")) is None:
+            parts = urlsplit(spec.uri)
+            found.append(f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname))
+    return found
+
+
+def refused_hosts(specs: Sequence[TrackerSpec], allowed: Sequence[str]) -> list[str]:
+    """Remote tracker hosts not in `allowed` (entries `host` or `host:port`; a bare host allows every port)."""
+    allowed = {a.lower() for a in allowed}
+    return [h for h in tracker_hosts(specs) if h.lower() not in allowed and h.lower().split(":")[0] not in allowed]
+
+
+# --- the mirrors ---
+
+
+def _require(module: str, kind: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise ImportError(f"the {kind} mirror needs the optional trackers extra: {EXTRA_HINT} ({err})") from err
+
+
+class TensorBoardMirror(NullCallback):
+    """TensorBoard event files in `log_dir`: every metric as a scalar, every sample as an image plus a text entry.
+
+    Sample tags are `samples/<index>` (the run's fixed sample set: same prompt and seed at every step), the text
+    `samples/<index>/caption` holds prompt, seed and rewards. A resumed run purges the steps it replays.
+    """
+
+    name = "tensorboard"
+
+    def __init__(self, log_dir: str | Path):
+        _require("tensorboard", "tensorboard")
+        self.log_dir = Path(log_dir)
+        self._writer: Any = None
+
+    def _open(self, step: int) -> Any:
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            resumed = self.log_dir.is_dir() and any(self.log_dir.glob("events.out.tfevents.*"))
+            self._writer = SummaryWriter(str(self.log_dir), purge_step=step if resumed else None, flush_secs=30)
+        return self._writer
+
+    def on_metrics(self, step: int, metrics: dict[str, float], wall: float | None = None) -> None:
+        writer = self._open(step)
+        for key, value in metrics.items():
+            writer.add_scalar(key, value, global_step=step, walltime=wall)
+
+    def on_samples(self, step: int, samples: list[Sample], wall: float | None = None) -> None:
+        writer = self._open(step)
+        for s in samples:
+            tag = f"samples/{s.index:03d}"
+            writer.add_image(tag, s.image, global_step=step, walltime=wall, dataformats="HWC")
+            writer.add_text(f"{tag}/caption", caption(s), global_step=step, walltime=wall)
+
+    def close(self, status: str = "FINISHED") -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+def caption(sample: Sample) -> str:
+    rewards = ", ".join(f"{k}={v:.4g}" for k, v in sample.rewards.items())
+    return f"{sample.prompt} (seed {sample.seed}{'; ' + rewards if rewards else ''})"
+
+
+class MLflowMirror(NullCallback):
+    """One MLflow run through `MlflowClient`: metrics by log_batch (step + timestamp), samples by log_image.
+
+    The experiment and run are created on the first report; the run is found again (tag `flowdppo.run_key`) when
+    a resumed run reports to the same tracker. Params are the run config, flattened and cut to MLflow's limits.
+    Synchronous: live runs wrap it in `BackgroundMirror` (an unreachable server retries for minutes per call).
+    """
+
+    name = "mlflow"
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment: str = "flowdppo",
+        run_name: str | None = None,
+        *,
+        params: dict[str, Any] | None = None,
+        run_key: str | None = None,
+        artifact_location: str | None = None,
+        allow_local_artifacts: bool = False,
+    ):
+        tracking = _require("mlflow.tracking", "mlflow")
+        self.client = tracking.MlflowClient(tracking_uri=tracking_uri)
+        self.tracking_uri, self.experiment, self.run_name = tracking_uri, experiment, run_name
+        self.params, self.run_key, self.artifact_location = params or {}, run_key, artifact_location
+        self.allow_local_artifacts = allow_local_artifacts  # export: the user's own machine
+        self.run_id: str | None = None
+        self._images_ok = True
+
+    def _run(self) -> str:
+        if self.run_id is None:
+            self.run_id = self._find_or_create_run()
+        return self.run_id
+
+    def _find_or_create_run(self) -> str:
+        exp = self.client.get_experiment_by_name(self.experiment)
+        if exp is None:
+            exp_id = self.client.create_experiment(self.experiment, artifact_location=self.artifact_location)
+        else:
+            exp_id = exp.experiment_id
+        if self.run_key is not None:
+            found = self.client.search_runs([exp_id], f"tags.`flowdppo.run_key` = '{self.run_key}'", max_results=1)
+            if found:
+                self.client.update_run(found[0].info.run_id, status="RUNNING")
+                return found[0].info.run_id
+        tags = {"flowdppo.run_key": self.run_key} if self.run_key else None
+        run = self.client.create_run(exp_id, run_name=self.run_name, tags=tags)
+        self._check_artifact_uri(run.info.artifact_uri)
+        entities = _require("mlflow.entities", "mlflow")
+        items = [entities.Param(k, v) for k, v in flatten_params(self.params).items()]
+        for i in range(0, len(items), MLFLOW_MAX_PARAMS_PER_BATCH):
+            self.client.log_batch(run.info.run_id, params=items[i : i + MLFLOW_MAX_PARAMS_PER_BATCH])
+        return run.info.run_id
+
+    def _check_artifact_uri(self, artifact_uri: str) -> None:
+        """A remote server names where artifacts go; a local path there would be a path on *this* machine."""
+        scheme = urlsplit(artifact_uri).scheme
+        local = scheme in ("", "file") or len(scheme) == 1  # "C:" drive letters
+        allowed = self.artifact_location is not None and artifact_uri.startswith(self.artifact_location)
+        if local and not allowed and not self.allow_local_artifacts:
+            self._images_ok = False
+            log.warning("mlflow run artifacts at %r are a local path: sample images are not mirrored", artifact_uri)
+
+    def on_metrics(self, step: int, metrics: dict[str, float], wall: float | None = None) -> None:
+        entities = _require("mlflow.entities", "mlflow")
+        ms = int((wall if wall is not None else time.time()) * 1000)
+        items = [entities.Metric(mlflow_key(k), float(v), ms, step) for k, v in metrics.items()]
+        self.client.log_batch(self._run(), metrics=items)
+
+    def on_samples(self, step: int, samples: list[Sample], wall: float | None = None) -> None:
+        run_id = self._run()
+        if not self._images_ok:
+            return
+        for s in samples:
+            ms = int((wall if wall is not None else time.time()) * 1000)
+            self.client.log_image(run_id, s.image, key=f"samples/{s.index:03d}", step=step, timestamp=ms)
+        captions = {f"{s.index:03d}": caption(s) for s in samples}
+        self.client.log_dict(run_id, captions, f"samples/step_{step:06d}.json")
+
+    def close(self, status: str = "FINISHED") -> None:
+        if self.run_id is not None:
+            self.client.set_terminated(self.run_id, status=status)
+
+
+def mlflow_key(key: str) -> str:
+    return _MLFLOW_KEY_UNSAFE.sub("_", key)[:MLFLOW_MAX_KEY]
+
+
+def flatten_params(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """{"rewards": [{"name": "shapes"}]} -> {"rewards.0.name": "shapes"}, values str, cut to MLflow's limits."""
+    out: dict[str, str] = {}
+    items = data.items() if isinstance(data, dict) else enumerate(data)
+    for key, value in items:
+        name = f"{prefix}{key}"
+        if isinstance(value, dict | list) and value:
+            out.update(flatten_params(value, f"{name}."))
+        else:
+            out[mlflow_key(name)] = str(value)[:MLFLOW_MAX_PARAM_VALUE]
+    return out
+
+
+# --- guarding: failures warn, never fail or slow the run ---
+
+
+class _Warner:
+    """One warning for the first failure, then at most one per WARN_EVERY_S with the count left unsaid."""
+
+    def __init__(self, name: str):
+        self.name, self.last, self.suppressed = name, -math.inf, 0
+
+    def __call__(self, what: str, err: BaseException | str) -> None:
+        now = time.monotonic()
+        if now - self.last < WARN_EVERY_S:
+            self.suppressed += 1
+            return
+        more = f" ({self.suppressed} more failures since the last warning)" if self.suppressed else ""
+        log.warning("%s mirror: %s failed: %s; the run goes on without it%s", self.name, what, err, more)
+        self.last, self.suppressed = now, 0
+
+
+class BackgroundMirror(NullCallback):
+    """Runs a mirror's calls on its own thread, so that a slow or unreachable tracker never holds up a step.
+
+    At most `max_pending` reports wait; past that new ones are dropped (and warned about). close() waits up to
+    `close_timeout` seconds for the pending ones, then leaves the thread to end after its current call.
+    """
+
+    def __init__(self, mirror: Any, *, max_pending: int = 1000, close_timeout: float = 30.0):
+        self.mirror, self.name, self.close_timeout = mirror, mirror.name, close_timeout
+        self.warn = _Warner(mirror.name)
+        self._queue: queue.Queue[tuple[str, tuple[Any, ...]] | None] = queue.Queue(maxsize=max_pending)
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"{self.name}-mirror", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            item = self._queue.get()
+            if item is None:
+                return
+            method, args = item
+            try:
+                getattr(self.mirror, method)(*args)
+            except Exception as err:  # any tracker failure is a warning, never the run's failure
+                self.warn(method, err)
+
+    def _put(self, method: str, *args: Any) -> None:
+        try:
+            self._queue.put_nowait((method, args))
+        except queue.Full:
+            self.warn(method, f"{self._queue.maxsize} reports already waiting (tracker slow or down): dropped")
+
+    def on_metrics(self, step: int, metrics: dict[str, float], wall: float | None = None) -> None:
+        self._put("on_metrics", step, dict(metrics), wall if wall is not None else time.time())
+
+    def on_samples(self, step: int, samples: list[Sample], wall: float | None = None) -> None:
+        self._put("on_samples", step, list(samples), wall if wall is not None else time.time())
+
+    def close(self, status: str = "FINISHED") -> None:
+        self._put("close", status)
+        self._put_stop()
+        self._thread.join(self.close_timeout)
+        if self._thread.is_alive():
+            self._stopping.set()
+            self.warn("close", f"still busy after {self.close_timeout:g} s; {self._queue.qsize()} reports unsent")
+
+    def _put_stop(self) -> None:
+        try:
+            self._queue.put(None, timeout=self.close_timeout)
+        except queue.Full:
+            self._stopping.set()
+
+
+class MirroredCallback(NullCallback):
+    """The run's primary callback plus mirrors. Only the primary's errors propagate; should_stop is the primary's."""
+
+    def __init__(self, primary: Callback, mirrors: Sequence[Any]):
+        self.primary, self.mirrors = primary, list(mirrors)
+        self._warn = {id(m): _Warner(m.name) for m in self.mirrors}
+
+    def _each(self, method: str, *args: Any) -> None:
+        for mirror in self.mirrors:
+            try:
+                getattr(mirror, method)(*args)
+            except Exception as err:  # a tracker failure never fails the run
+                self._warn[id(mirror)](method, err)
+
+    def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        self.primary.on_metrics(step, metrics)
+        self._each("on_metrics", step, metrics)
+
+    def on_samples(self, step: int, samples: list[Sample]) -> None:
+        self.primary.on_samples(step, samples)
+        self._each("on_samples", step, samples)
+
+    def on_checkpoint(self, step: int, path: Path) -> None:
+        self.primary.on_checkpoint(step, path)
+
+    def should_stop(self) -> bool:
+        return self.primary.should_stop()
+
+    def close(self, status: str = "FINISHED") -> None:
+        """End every mirror (MLflow: the run's status FINISHED, FAILED or KILLED); the primary is the caller's."""
+        self._each("close", status)
+
+
+def build_mirror(spec: TrackerSpec, out_dir: Path, *, run_name: str, run_key: str, params: dict[str, Any]) -> Any:
+    """The mirror `spec` asks for, writing under `out_dir` where it writes locally (see TrackerSpec)."""
+    local = spec.local_path(out_dir)
+    if spec.kind == "tensorboard":
+        return TensorBoardMirror(local)
+    uri, artifacts = spec.uri, None
+    if local is not None:
+        local.parent.mkdir(parents=True, exist_ok=True)
+        uri, artifacts = f"sqlite:///{local.resolve()}", (local.parent.resolve() / "mlflow-artifacts").as_uri()
+    mirror = MLflowMirror(
+        uri, spec.experiment, spec.run_name or run_name, params=params, run_key=run_key, artifact_location=artifacts
+    )
+    return BackgroundMirror(mirror)
+
+
+def with_mirrors(
+    primary: Callback,
+    specs: Sequence[TrackerSpec],
+    out_dir: Path,
+    *,
+    run_name: str,
+    run_key: str,
+    params: dict[str, Any],
+    build: Callable[..., Any] = build_mirror,
+) -> MirroredCallback:
+    """`primary` mirrored to every tracker in `specs`.
+
+    A missing extra raises ImportError naming it, before the run starts (the team asked for the mirror); any other
+    failure to start one (e.g. a database it cannot create) is warned about and the run goes on without it.
+    """
+    mirrors = []
+    for spec in specs:
+        try:
+            mirrors.append(build(spec, Path(out_dir), run_name=run_name, run_key=run_key, params=params))
+        except ImportError:
+            raise
+        except Exception as err:  # a tracker that cannot start never fails the run
+            _Warner(spec.kind)("start", err)
+    return MirroredCallback(primary, mirrors)
