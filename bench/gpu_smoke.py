@@ -22,19 +22,18 @@ from pathlib import Path
 
 import torch
 
-torch.backends.cuda.enable_cudnn_sdp(False)  # see trainer/models/pipeline.py: cuDNN SDPA failed on an H100
+torch.backends.cuda.enable_cudnn_sdp(False)  # see trainer/models/diffusers_model.py: cuDNN SDPA failed on an H100
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "trainer")]  # the repo, and the tiny pipeline builders
-
-from tiny_pipelines import RESOLUTION, tiny_flux_pipeline, tiny_sd3_pipeline  # noqa: E402
+sys.path.insert(0, str(ROOT))  # the repo
 
 from trainer.callbacks import NullCallback  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
-from trainer.models import load_model  # noqa: E402
-from trainer.models.flux import FLUX_LORA_TARGETS, load_flux, pack_latents  # noqa: E402
-from trainer.models.lora import SD3_LORA_TARGETS, add_lora  # noqa: E402
-from trainer.models.sd3 import load_sd3  # noqa: E402
+from trainer.models.families import FLUX_LORA_TARGETS, SD3_LORA_TARGETS, load_model  # noqa: E402
+from trainer.models.flux import FluxModel, pack_latents  # noqa: E402
+from trainer.models.lora import add_lora  # noqa: E402
+from trainer.models.sd3 import SD3Model  # noqa: E402
+from trainer.models.tiny import RESOLUTION, tiny_flux_pipeline, tiny_sd3_pipeline  # noqa: E402
 from trainer.presets import get_preset  # noqa: E402
 from trainer.train import train  # noqa: E402
 
@@ -122,7 +121,7 @@ def training_cases(device: torch.device, steps: int, precision: str) -> list[dic
     ]
     for name, family, overrides in variants:
         config = TrainConfig(model=family, **{**tiny, **overrides})
-        build, load = (tiny_sd3_pipeline, load_sd3) if family == "sd3" else (tiny_flux_pipeline, load_flux)
+        build, load = (tiny_sd3_pipeline, SD3Model.load) if family == "sd3" else (tiny_flux_pipeline, FluxModel.load)
         reset_memory(device)
         model = load(config, device, pipeline=build(0), max_sequence_length=32)
         rows.append(run_training_case(name, config, model, device, rewards={"shapes": brightness}))

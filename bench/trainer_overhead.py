@@ -15,7 +15,7 @@ import time
 import torch
 
 from trainer.callbacks import NullCallback
-from trainer.models import load_model
+from trainer.models.families import load_model
 from trainer.presets import get_preset
 from trainer.rollout import KL_REF_MONITOR_SAMPLES
 from trainer.train import train

@@ -10,6 +10,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trainer.losses import LOSSES
+from trainer.models.families import FAMILIES
 from trainer.prompts import check_prompt_spec
 from trainer.rewards.registry import check_reward_options
 from trainer.sampling import SDE_KINDS, TRANSITIONS
@@ -17,12 +18,7 @@ from trainer.sampling import SDE_KINDS, TRANSITIONS
 LossName = Literal[tuple(LOSSES)]  # the loss registry's names: "dppo", "clip", "none"
 SamplerName = Literal[SDE_KINDS]  # the sampler registry's stochastic kinds: "flow_sde", "cps"
 PromptSpec = Annotated[str, AfterValidator(check_prompt_spec)]  # "shapes:<split>" or "file:<path>"
-ModelFamily = Literal["builtin", "sd3", "flux"]
-
-# Real-models issue: LoRA r=32 for SD3-class models (spec §6), 64 for FLUX; the 0.44M-parameter builtin trains fully.
-DEFAULT_LORA_RANK = {"builtin": 0, "sd3": 32, "flux": 64}
-# CFG at evaluation: the builtin is trained without it; SD3.5's and FLUX.1-dev's usual sampling scales.
-DEFAULT_EVAL_GUIDANCE = {"builtin": 1.0, "sd3": 4.5, "flux": 3.5}
+ModelFamily = Literal[tuple(FAMILIES)]  # the family table's names: "builtin", "sd3", "flux"
 
 
 class RewardSpec(BaseModel):
@@ -151,7 +147,7 @@ class TrainConfig(BaseModel):
 
     @property
     def effective_lora_rank(self) -> int:
-        return self.lora_rank if self.lora_rank is not None else DEFAULT_LORA_RANK[self.model]
+        return self.lora_rank if self.lora_rank is not None else FAMILIES[self.model].lora_rank
 
     @property
     def effective_lora_alpha(self) -> float:
@@ -161,7 +157,7 @@ class TrainConfig(BaseModel):
     def effective_eval_guidance_scale(self) -> float:
         if self.eval_guidance_scale is not None:
             return self.eval_guidance_scale
-        return DEFAULT_EVAL_GUIDANCE[self.model]
+        return FAMILIES[self.model].eval_guidance
 
     @property
     def trained_rewards(self) -> list[RewardSpec]:
@@ -246,7 +242,7 @@ class TrainConfig(BaseModel):
         names = [r.name for r in self.rewards]
         if len(set(names)) != len(names):
             raise ValueError(f"rewards: each reward name may appear once, got {names}")
-        if self.model != "builtin" and not self.model_path:
+        if FAMILIES[self.model].needs_model_path and not self.model_path:
             raise ValueError(f"model_path is required for model={self.model!r} (a local directory with the weights)")
         return self
 

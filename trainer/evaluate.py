@@ -12,7 +12,8 @@ import torch
 from trainer.callbacks import Callback, NullCallback, Sample
 from trainer.checkpoint import load_weights
 from trainer.config import EvalConfig, TrainConfig
-from trainer.models import FlowModel, load_model
+from trainer.models.base import FlowModel
+from trainer.models.families import load_model
 from trainer.prompts import load_prompts
 from trainer.rewards import RewardFn, build_reward
 from trainer.sampling import sample_ode

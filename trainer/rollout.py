@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from trainer.config import TrainConfig
-from trainer.models import FlowModel, select_embeds
+from trainer.models.base import FlowModel, select_embeds
 from trainer.sampling import Trajectory, draw_sde_steps, sample_trajectory
 
 KL_REF_MONITOR_SAMPLES = 16  # with beta = 0, drift from the base is measured on this many rollout samples

@@ -15,7 +15,8 @@ from trainer.config import TrainConfig
 from trainer.divergence import gaussian_kl
 from trainer.evaluate import build_rewards, evaluation_metrics, logged_samples, score_images
 from trainer.losses import LOSSES, LossInputs, compute_loss
-from trainer.models import FlowModel, load_model, select_embeds
+from trainer.models.base import FlowModel, select_embeds
+from trainer.models.families import load_model
 from trainer.prompts import load_prompts
 from trainer.rewards import RewardFn
 from trainer.rollout import Rollout, collect_rollout, step_generator

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from api.schemas import PresetPublic
 from api.services.errors import InvalidConfigError
 from trainer.config import EvalConfig, TrainConfig
-from trainer.models.lora import is_hub_id
+from trainer.models.loading import is_hub_id
 from trainer.prompts import prompt_file
 
 

@@ -3,19 +3,19 @@
 import numpy as np
 import pytest
 import torch
-from tiny_pipelines import RESOLUTION, tiny_flux_pipeline, tiny_sd3_pipeline
 
 from trainer.callbacks import NullCallback
 from trainer.config import TrainConfig
-from trainer.models.flux import FluxModel, load_flux, pack_latents, unpack_latents
+from trainer.models.flux import FluxModel, pack_latents, unpack_latents
 from trainer.models.lora import save_lora
-from trainer.models.sd3 import SD3Model, load_sd3
+from trainer.models.sd3 import SD3Model
+from trainer.models.tiny import RESOLUTION, tiny_flux_pipeline, tiny_sd3_pipeline
 from trainer.sampling import sample_ode, sample_trajectory
 
 SEQ = 16  # T5 tokens per prompt: keeps the tiny models tiny
 FAMILIES = {
-    "sd3": (tiny_sd3_pipeline, load_sd3),
-    "flux": (tiny_flux_pipeline, load_flux),
+    "sd3": (tiny_sd3_pipeline, SD3Model.load),
+    "flux": (tiny_flux_pipeline, FluxModel.load),
 }
 PROMPTS = ["a red circle", "a blue square", "a green circle"]
 
@@ -244,7 +244,7 @@ def test_one_lora_training_step_then_save_and_reload(tmp_path, family, loss):
 
 def test_load_from_a_local_directory(tmp_path):
     tiny_sd3_pipeline(0).save_pretrained(tmp_path / "sd3")
-    model = load_sd3(make_config("sd3", model_path=str(tmp_path / "sd3")), "cpu", max_sequence_length=SEQ)
+    model = SD3Model.load(make_config("sd3", model_path=str(tmp_path / "sd3")), "cpu", max_sequence_length=SEQ)
     assert isinstance(model, SD3Model) and model.sample_shape == (4, 16, 16)
     ref = make_model("sd3")
     embeds = model.encode_prompts(PROMPTS[:1])
@@ -257,10 +257,10 @@ def test_load_from_a_local_directory(tmp_path):
 
 def test_missing_weights_say_how_to_provide_them(monkeypatch):
     with pytest.raises(FileNotFoundError, match="huggingface-cli download stabilityai"):
-        load_sd3(make_config("sd3", model_path="/nonexistent/sd35"), "cpu")
+        SD3Model.load(make_config("sd3", model_path="/nonexistent/sd35"), "cpu")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(FileNotFoundError, match="offline.*model_path to a local directory"):
-        load_flux(make_config("flux", model_path="nobody/no-such-flux"), "cpu")
+        FluxModel.load(make_config("flux", model_path="nobody/no-such-flux"), "cpu")
 
 
 def test_flux_packing_and_resolution_dependent_shift():
@@ -282,13 +282,13 @@ def test_bad_lora_targets_and_resolution_are_refused():
 
 @pytest.mark.parametrize("placement", ["offload", "cpu"])
 def test_text_encoder_placements_give_the_same_embeddings(placement, monkeypatch):
-    from trainer.models import pipeline
+    from trainer.models import diffusers_model
 
     build, load = FAMILIES["sd3"]
     moved = load(make_config("sd3"), "cpu", pipeline=build(0), max_sequence_length=SEQ, text_encoders=placement)
     expected = make_model("sd3").encode_prompts(PROMPTS)
     placed = []
-    monkeypatch.setattr(pipeline, "_place", lambda module, *args: placed.append(module) or module.to(*args))
+    monkeypatch.setattr(diffusers_model, "_place", lambda module, *args: placed.append(module) or module.to(*args))
     got = moved.encode_prompts(PROMPTS)
     # "offload" brings each encoder to the device once for the whole batch of new prompts, not once per prompt
     assert len(placed) == (len(moved._text_encoder_modules()) if placement == "offload" else 0)

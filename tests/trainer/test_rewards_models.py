@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_pipelines import tiny_clip_dir
 from transformers import CLIPImageProcessor, CLIPModel
 
+from trainer.models.tiny import tiny_clip_dir
 from trainer.rewards import available_rewards, build_reward
 from trainer.rewards.clip_score import AestheticMLP
 

@@ -19,7 +19,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from trainer.models.base import FlowModel, PromptCache, PromptEmbeds
-from trainer.models.lora import SD3_LORA_TARGETS, add_lora
+from trainer.models.families import FAMILIES
+from trainer.models.lora import add_lora
 
 SHIPPED_BASE = "shapes_base.safetensors"  # in trainer/assets/, rebuilt by `flowdppo pretrain-base`
 PAD, UNK = "<pad>", "<unk>"
@@ -100,7 +101,8 @@ class BuiltinModel(FlowModel):
         self._reference: SD3Transformer2DModel | None = None
         self._use_reference = False
         if lora_rank > 0:
-            add_lora(self.transformer, lora_rank, lora_alpha, list(lora_target_modules or SD3_LORA_TARGETS), lora_seed)
+            targets = list(lora_target_modules or FAMILIES[self.family].lora_targets)
+            add_lora(self.transformer, lora_rank, lora_alpha, targets, lora_seed)
         else:
             # Full fine-tuning: pi_ref is a frozen copy (0.44M parameters; cheap).
             self._reference = copy.deepcopy(self.transformer).requires_grad_(False).eval()

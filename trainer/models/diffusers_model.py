@@ -17,14 +17,9 @@ import torch
 from torch import nn
 
 from trainer.models.base import FlowModel, PromptCache, PromptEmbeds
-from trainer.models.lora import (
-    adapter_disabled,
-    add_lora,
-    compute_dtype,
-    load_lora_state_dict,
-    lora_state_dict,
-    save_lora,
-)
+from trainer.models.families import FAMILIES
+from trainer.models.loading import compute_dtype, from_pretrained
+from trainer.models.lora import adapter_disabled, add_lora, load_lora_state_dict, lora_state_dict, save_lora
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +88,9 @@ class DiffusersFlowModel(FlowModel):
     """
 
     pipeline_class: type
-    default_lora_targets: tuple[str, ...]
+    example_model: str  # a hub id, for the message that says how to get the weights
+    default_max_sequence_length: int  # T5 tokens per prompt when `load` is not told
+    default_decode_batch_size: int  # images per VAE decode call when `load` is not told
 
     def __init__(
         self,
@@ -142,7 +139,7 @@ class DiffusersFlowModel(FlowModel):
             encoder.requires_grad_(False).eval()
 
         if lora_rank > 0:
-            targets = list(lora_target_modules or self.default_lora_targets)
+            targets = list(lora_target_modules or FAMILIES[self.family].lora_targets)
             self._trainable = add_lora(self.transformer, lora_rank, lora_alpha, targets, lora_seed)
             self._frozen_copy = None
         else:
@@ -174,6 +171,52 @@ class DiffusersFlowModel(FlowModel):
             gradient_checkpointing=config.gradient_checkpointing,
             **kwargs,
         )
+
+    @classmethod
+    def load(
+        cls,
+        config: Any,
+        device: str | torch.device,
+        *,
+        pipeline: Any = None,
+        text_encoders: str | None = None,
+        max_sequence_length: int | None = None,
+        decode_batch_size: int | None = None,
+    ) -> DiffusersFlowModel:
+        """The family's model for a TrainConfig (model_path: a local diffusers directory, or a hub id when online).
+
+        Args:
+            config: TrainConfig; uses model_path, resolution, lora_*, mixed_precision, gradient_checkpointing and
+                what `_config_options` reads (SD3: shift).
+            device: where the transformer and VAE run.
+            pipeline: an already-built pipeline (tests); model_path is then not read.
+            text_encoders: "device", "offload" or "cpu"; None = "offload" on GPUs under 40 GiB, else "device".
+            max_sequence_length: T5 tokens per prompt; None = the family's default (SD3 256, FLUX.1-dev 512).
+            decode_batch_size: images per VAE decode call; None = the family's default.
+        """
+        device = torch.device(device)
+        if pipeline is None:
+            pipeline = from_pretrained(
+                cls.pipeline_class,
+                config.model_path,
+                family=cls.family,
+                example=cls.example_model,
+                torch_dtype=compute_dtype(config.mixed_precision, device),
+            )
+        return cls.from_pipeline(
+            pipeline,
+            config,
+            device,
+            text_encoders=text_encoders,
+            max_sequence_length=max_sequence_length or cls.default_max_sequence_length,
+            decode_batch_size=decode_batch_size or cls.default_decode_batch_size,
+            **cls._config_options(config),
+        )
+
+    @classmethod
+    def _config_options(cls, config: Any) -> dict[str, Any]:
+        """Family-specific constructor arguments `load` reads from the config (SD3: its static shift)."""
+        return {}
 
     # --- what a family provides ---
     def _text_encoder_modules(self) -> list[nn.Module]:

@@ -14,17 +14,7 @@ from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from torch import nn
 
 from trainer.models.base import PromptEmbeds
-from trainer.models.lora import SD3_LORA_TARGETS, compute_dtype, from_pretrained
-from trainer.models.pipeline import DiffusersFlowModel
-
-# diffusers' examples/dreambooth/train_dreambooth_lora_flux.py default layout: attention of the double-stream
-# blocks (image and text, SD3's names), the single-stream blocks' attention (same `attn.to_*` names) and both MLPs.
-FLUX_LORA_TARGETS = SD3_LORA_TARGETS + (
-    "ff.net.0.proj",
-    "ff.net.2",
-    "ff_context.net.0.proj",
-    "ff_context.net.2",
-)
+from trainer.models.diffusers_model import DiffusersFlowModel
 
 
 def pack_latents(latents: torch.Tensor) -> torch.Tensor:
@@ -55,7 +45,9 @@ class FluxModel(DiffusersFlowModel):
 
     family = "flux"
     pipeline_class = FluxPipeline
-    default_lora_targets = FLUX_LORA_TARGETS
+    example_model = "black-forest-labs/FLUX.1-dev"
+    default_max_sequence_length = 512  # dev: 512, schnell: 256
+    default_decode_batch_size = 4
 
     def __init__(self, pipeline: FluxPipeline, **kwargs: Any):
         super().__init__(pipeline, **kwargs)
@@ -116,42 +108,3 @@ class FluxModel(DiffusersFlowModel):
             return_dict=False,
         )[0]
         return unpack_latents(tokens, h, w)  # (B, C, H, W)
-
-
-def load_flux(
-    config: Any,
-    device: str | torch.device,
-    *,
-    pipeline: FluxPipeline | None = None,
-    text_encoders: str | None = None,
-    max_sequence_length: int = 512,
-    decode_batch_size: int = 4,
-) -> FluxModel:
-    """Build a FluxModel from a TrainConfig (model_path: a local diffusers directory, or a hub id when online).
-
-    Args:
-        config: TrainConfig; uses model_path, resolution, lora_*, mixed_precision, gradient_checkpointing.
-            `shift` is not used: FLUX shifts by resolution (`scheduler_kwargs`).
-        device: where the transformer and VAE run.
-        pipeline: an already-built pipeline (tests); model_path is then not read.
-        text_encoders: "device", "offload" or "cpu"; None = "offload" on GPUs under 40 GiB, else "device".
-        max_sequence_length: T5 tokens per prompt (dev: 512, schnell: 256).
-        decode_batch_size: images per VAE decode call.
-    """
-    device = torch.device(device)
-    if pipeline is None:
-        pipeline = from_pretrained(
-            FluxPipeline,
-            config.model_path,
-            family="flux",
-            example="black-forest-labs/FLUX.1-dev",
-            torch_dtype=compute_dtype(config.mixed_precision, device),
-        )
-    return FluxModel.from_pipeline(
-        pipeline,
-        config,
-        device,
-        text_encoders=text_encoders,
-        max_sequence_length=max_sequence_length,
-        decode_batch_size=decode_batch_size,
-    )

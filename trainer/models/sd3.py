@@ -9,12 +9,9 @@ from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
 from torch import nn
 
 from trainer.models.base import PromptEmbeds
-from trainer.models.lora import SD3_LORA_TARGETS, compute_dtype, from_pretrained
-from trainer.models.pipeline import DiffusersFlowModel
+from trainer.models.diffusers_model import DiffusersFlowModel
 
 
-# Flow-GRPO's SD3.5 LoRA layout (spec §6: r=32, alpha=64): the joint attention of every MMDiT block, image and
-# text streams. SD3.5-M's extra self-attention (`attn2`) and the MLPs stay frozen, as in the reference.
 class SD3Model(DiffusersFlowModel):
     """SD3/SD3.5: 16-channel latents at 1/8 resolution, CLIP-L + CLIP-G + T5-XXL prompts, MMDiT transformer.
 
@@ -25,7 +22,9 @@ class SD3Model(DiffusersFlowModel):
 
     family = "sd3"
     pipeline_class = StableDiffusion3Pipeline
-    default_lora_targets = SD3_LORA_TARGETS
+    example_model = "stabilityai/stable-diffusion-3.5-medium"
+    default_max_sequence_length = 256  # the pipeline's default (Flow-GRPO uses 128)
+    default_decode_batch_size = 8
 
     def __init__(self, pipeline: StableDiffusion3Pipeline, *, shift: float | None = None, **kwargs: Any):
         super().__init__(pipeline, **kwargs)
@@ -36,6 +35,10 @@ class SD3Model(DiffusersFlowModel):
         factor = pipeline.vae_scale_factor * self.transformer.config.patch_size
         if self.resolution % factor:
             raise ValueError(f"resolution={self.resolution} must be a multiple of {factor} (VAE factor x patch size)")
+
+    @classmethod
+    def _config_options(cls, config: Any) -> dict[str, Any]:
+        return {"shift": config.shift}
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
@@ -64,42 +67,3 @@ class SD3Model(DiffusersFlowModel):
             pooled_projections=embeds["pooled_prompt_embeds"],
             return_dict=False,
         )[0]
-
-
-def load_sd3(
-    config: Any,
-    device: str | torch.device,
-    *,
-    pipeline: StableDiffusion3Pipeline | None = None,
-    text_encoders: str | None = None,
-    max_sequence_length: int = 256,
-    decode_batch_size: int = 8,
-) -> SD3Model:
-    """Build an SD3Model from a TrainConfig (model_path: a local diffusers directory, or a hub id when online).
-
-    Args:
-        config: TrainConfig; uses model_path, resolution, lora_*, mixed_precision, gradient_checkpointing, shift.
-        device: where the transformer and VAE run.
-        pipeline: an already-built pipeline (tests); model_path is then not read.
-        text_encoders: "device", "offload" or "cpu"; None = "offload" on GPUs under 40 GiB, else "device".
-        max_sequence_length: T5 tokens per prompt (the pipeline's default 256; Flow-GRPO uses 128).
-        decode_batch_size: images per VAE decode call.
-    """
-    device = torch.device(device)
-    if pipeline is None:
-        pipeline = from_pretrained(
-            StableDiffusion3Pipeline,
-            config.model_path,
-            family="sd3",
-            example="stabilityai/stable-diffusion-3.5-medium",
-            torch_dtype=compute_dtype(config.mixed_precision, device),
-        )
-    return SD3Model.from_pipeline(
-        pipeline,
-        config,
-        device,
-        shift=config.shift,
-        text_encoders=text_encoders,
-        max_sequence_length=max_sequence_length,
-        decode_batch_size=decode_batch_size,
-    )

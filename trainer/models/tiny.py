@@ -1,7 +1,8 @@
-"""Tiny random SD3 / FLUX pipelines and CLIP reward models built locally: no hub, no downloads, CPU-fast.
+"""Tiny random SD3 / FLUX pipelines and CLIP reward models built locally (no hub, no downloads, CPU-fast): the
+diffusers families' test and smoke-benchmark models (tests/trainer/, bench/gpu_smoke.py).
 
 Tokenizers are made here too: a character-level CLIP BPE vocabulary (no merges) and a T5 unigram vocabulary, so
-that the pipelines' real tokenisation code runs. Used by tests/trainer/ and bench/gpu_smoke.py.
+that the pipelines' real tokenisation code runs.
 """
 
 from __future__ import annotations

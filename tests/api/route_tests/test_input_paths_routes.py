@@ -83,7 +83,7 @@ def test_comparison_variants_and_evaluations_are_checked_too(client, services, t
 
 def test_a_hub_id_is_never_read_from_the_workers_disk(tmp_path, monkeypatch):
     # The API lets "org/name" through as a hub id; the trainer must then ask the hub, not a folder of that name.
-    from trainer.models.lora import pretrained_kwargs
+    from trainer.models.loading import pretrained_kwargs
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data" / "inputs").mkdir(parents=True)
