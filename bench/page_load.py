@@ -2,9 +2,9 @@
 
     .venv/bin/python bench/page_load.py [--runs 6] [--steps 10000] [--repeats 5]
 
-The runs are seeded with the dashboard tests' seeder (tests/ui/ui_seed.py) into a fresh SQLite file; every function
-the pages call on opening is timed together, wall clock and this process's CPU (SQLite runs in-process, so the CPU
-time is the page's own cost even when other jobs share the cores).
+The runs are the dashboard tests' synthetic runs (worker/seed.py), seeded into a fresh SQLite file; every function the
+pages call on opening is timed together, wall clock and this process's CPU (SQLite runs in-process, so the CPU time
+is the page's own cost even when other jobs share the cores).
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "ui")]
-
-from ui_seed import make_team, seed_comparison  # noqa: E402
+sys.path.insert(0, str(ROOT))
 
 from api.services import Services  # noqa: E402
+from api.services import teams as team_service  # noqa: E402
 from api.settings import Settings  # noqa: E402
 from store.migrate import upgrade  # noqa: E402
 from ui import compare, runs, samples  # noqa: E402
+from worker.seed import seed_comparison  # noqa: E402
 
 TARGET_S = 1.0
 VARIANTS = ("clip", "dppo", "cps-clip", "cps-dppo", "b-clip", "b-dppo", "c-clip", "c-dppo")
@@ -40,10 +40,10 @@ def main() -> None:
         upgrade(url)
         services = Services.from_settings(Settings(DATA_DIR=Path(tmp), DATABASE_URL=url, BROKER_URL="filesystem://"))
         with services.session() as session:
-            team = make_team(session)
+            team = team_service.create_token(session, team_name="bench")
             _, run_ids = seed_comparison(
                 session,
-                team_id=team.team_id,
+                team_id=team.team.id,
                 data_dir=Path(tmp),
                 steps=args.steps,
                 variants=VARIANTS[: args.runs],

@@ -290,19 +290,6 @@ def read_points(
     return [MetricPoint(key=k, step=s, value=_from_db(v), wall_time=w) for k, s, v, w in rows]
 
 
-def latest_metrics(session: Session, *, run_id: int, keys: Sequence[str] | None = None) -> dict[str, MetricPoint]:
-    """The last logged point of every key (or of `keys`) of a run."""
-    last = select(Metric.key, func.max(Metric.step).label("step")).where(Metric.run_id == run_id)
-    if keys is not None:
-        last = last.where(Metric.key.in_(list(keys)))
-    last = last.group_by(Metric.key).subquery()
-    query = select(Metric.key, Metric.step, Metric.value, Metric.wall_time).join(
-        last, (Metric.key == last.c.key) & (Metric.step == last.c.step)
-    )
-    rows = session.execute(query.where(Metric.run_id == run_id))
-    return {k: MetricPoint(key=k, step=s, value=_from_db(v), wall_time=w) for k, s, v, w in rows}
-
-
 _SUMMARY_SQL = """
     WITH agg AS (
         SELECT run_id, max(step) AS final_step, {best}(value) AS best

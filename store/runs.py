@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, Select, delete, func, select, text, type_coerce
+from sqlalchemy import ColumnElement, Row, Select, delete, select, text, type_coerce
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
@@ -177,11 +177,6 @@ def list_run_rows(
         session, select(*LISTED_COLUMNS), team_id=team_id, filters=filters, cursor=cursor, limit=limit
     )
     return _page(list(session.execute(query)), limit)
-
-
-def count_runs(session: Session, *, team_id: int | None, filters: RunFilter = ANY_RUN) -> int:
-    where = _where(session, team_id=team_id, filters=filters)
-    return int(session.scalar(select(func.count()).select_from(Run).where(*where)) or 0)
 
 
 def active_runs(session: Session) -> list[Run]:

@@ -64,13 +64,6 @@ def add_vote(
     return vote
 
 
-def list_votes(session: Session, *, team_id: int, reviewer: str | None = None) -> list[ReviewVote]:
-    query = select(ReviewVote).where(ReviewVote.team_id == team_id)
-    if reviewer is not None:
-        query = query.where(ReviewVote.reviewer == reviewer)
-    return list(session.scalars(query.order_by(ReviewVote.id)))
-
-
 def win_rates(session: Session, *, team_id: int, run_ids: Sequence[int] | None = None) -> list[WinRate]:
     """One WinRate per ordered pair of runs that met in the team's votes (both directions are listed).
 

@@ -67,14 +67,6 @@ def run_reaper(settings: WorkerSettings, stop: threading.Event | None = None, *,
         stop.wait(settings.REAPER_INTERVAL_SECONDS)
 
 
-def start_reaper_thread(settings: WorkerSettings) -> tuple[threading.Thread, threading.Event]:
-    """For the embedded launcher (a process that never forks): returns the thread and the event that stops it."""
-    stop = threading.Event()
-    thread = threading.Thread(target=run_reaper, args=(settings, stop), name="flowdppo-reaper", daemon=True)
-    thread.start()
-    return thread, stop
-
-
 if __name__ == "__main__":  # `python -m worker.reaper`: what `flowdppo worker` starts beside Celery
     logging.basicConfig(level=logging.INFO, format="%(asctime)s reaper %(levelname)s %(message)s")
     run_reaper(WorkerSettings(), watch_parent=True)

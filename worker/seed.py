@@ -1,20 +1,20 @@
-"""Deterministic dashboard data written through store/ functions: a clip vs dppo comparison as workers leave it
-(metrics with spec §7 names, sample images with thumbnails, checkpoints, events). Used by the ui tests and bench.
+"""Synthetic finished runs, as workers leave them, written through store/ functions: a deterministic clip vs dppo
+comparison (metrics with spec §7 names, sample images with thumbnails, checkpoints, events) for the dashboard's
+tests and bench/page_load.py. Nothing trains: the curves are made up (dppo climbs higher with less drift).
 """
 
 from __future__ import annotations
 
-import uuid
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 from sqlalchemy.orm import Session
 
-from store import artifacts, checkpoints, metrics, samples, teams
+from store import artifacts, checkpoints, metrics, samples
 from store import comparisons as store_comparisons
 from store import runs as store_runs
+from store.enums import RunStatus
 from store.models import utcnow
 from store.session import begin_write
 from trainer.presets import get_preset
@@ -28,20 +28,6 @@ COLOURS = {
     "yellow": (230, 200, 40),
     "purple": (140, 60, 180),
 }
-
-
-@dataclass
-class Team:
-    team_id: int
-    name: str
-    token: str
-
-
-def make_team(session: Session, *, admin: bool = False) -> Team:
-    team = teams.create_team(session, name=f"ui-{uuid.uuid4().hex[:10]}")
-    _, plaintext = teams.create_token(session, team_id=team.id, is_admin=admin)
-    session.commit()
-    return Team(team.id, team.name, plaintext)
 
 
 def curves(variant: str, steps: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -155,32 +141,22 @@ def seed_comparison(
             session, run_id=run.id, step=steps, path=artifacts.relative_to_data(data_dir, folder)
         )
         store_runs.add_event(session, run_id=run.id, message=f"finished {steps} steps")
-        finish(session, run.id, steps=steps, seconds=steps * SECONDS_PER_STEP, started_at=start)
+        _finish(session, run.id, steps=steps, seconds=steps * SECONDS_PER_STEP, started_at=start)
     return comparison.id, [r.id for r in runs]
 
 
-def finish(
+def _finish(
     session: Session,
     run_id: int,
     *,
     steps: int,
     seconds: float,
-    status: str = "succeeded",
     started_at: datetime | None = None,
 ) -> None:
     run = store_runs.get_run(session, run_id=run_id)
     assert run is not None
     begin_write(session)
     start = started_at or utcnow() - timedelta(seconds=seconds)
-    run.status, run.step, run.total_steps, run.progress = status, steps, steps, 1.0
+    run.status, run.step, run.total_steps, run.progress = RunStatus.SUCCEEDED, steps, steps, 1.0
     run.started_at, run.finished_at, run.worker = start, start + timedelta(seconds=seconds), "celery@seeded"
-    session.commit()
-
-
-def mark_running(session: Session, run_id: int, *, step: int, total: int) -> None:
-    run = store_runs.get_run(session, run_id=run_id)
-    assert run is not None
-    begin_write(session)
-    run.status, run.step, run.total_steps, run.progress = "running", step, total, step / total
-    run.started_at, run.worker = utcnow() - timedelta(seconds=30), "celery@seeded"
     session.commit()

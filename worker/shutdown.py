@@ -43,11 +43,6 @@ def request() -> None:
     _requested.set()
 
 
-def reset() -> None:
-    """Forget a stop request (tests; a fresh pool child inherits the parent's flag at fork)."""
-    _requested.clear()
-
-
 def on_worker_process_init(**_kwargs: Any) -> None:
     """Celery `worker_process_init`: in each prefork pool child after the fork, and in the main process of the solo
     pool, whose SIGTERM handler (Celery's warm shutdown) must stay."""

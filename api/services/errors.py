@@ -25,10 +25,6 @@ class ConflictError(ServiceError):
     status_code = 409
 
 
-class PermissionDeniedError(ServiceError):
-    status_code = 403
-
-
 class UnavailableError(ServiceError):
     """A dependency (the broker) did not answer."""
 

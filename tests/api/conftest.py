@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from api_helpers import TeamToken, make_team_token
+from factories import TeamToken, make_team_token
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 

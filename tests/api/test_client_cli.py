@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from api_helpers import TINY, add_points, make_run, make_team_token
+from api_helpers import TINY
+from factories import add_points, make_run, make_team_token
 from rich.progress import Progress
 
 import flowdppo

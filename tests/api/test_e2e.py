@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from api_helpers import make_team_token
+from factories import make_team_token
 from fastapi.testclient import TestClient
 
 from api.client import Client

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from api_helpers import add_points, add_sample_images, make_run
+from factories import add_points, add_sample_images, make_run
 
 import flowdppo
 from api import cli
@@ -40,7 +40,7 @@ def finished_run(session, services, team) -> int:
 
 
 def expected(key: str) -> list[tuple[int, float]]:
-    return [(s, KEYS[key] + s / 1000) for s in STEPS]  # api_helpers.add_points
+    return [(s, KEYS[key] + s / 1000) for s in STEPS]  # factories.add_points
 
 
 def test_every_point_across_windows(api_client, finished_run):

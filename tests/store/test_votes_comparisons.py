@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import func, select
 
 from store import comparisons, runs, samples, teams, votes
+from store.models import ReviewVote
 from store.runs import RunFilter
 from store.samples import NewSample
 
@@ -46,7 +48,7 @@ def test_win_rates_per_pair(session):
     assert ab.win_rate == pytest.approx(5.5 / 8) and ab.win_rate + ba.win_rate == pytest.approx(1.0)
     assert ab.ci_low < ab.win_rate < ab.ci_high
     assert votes.win_rates(session, team_id=team.id, run_ids=[a.id]) == []
-    assert len(votes.list_votes(session, team_id=team.id)) == 8
+    assert session.scalar(select(func.count()).where(ReviewVote.team_id == team.id)) == 8
     with pytest.raises(ValueError):
         votes.add_vote(
             session, team_id=team.id, reviewer="r", left_sample_id=sa[0].id, right_sample_id=sb[0].id, choice="both"
@@ -77,7 +79,7 @@ def test_comparison_creates_variant_runs_in_one_transaction(session):
         "loss": "clip"
     }
     assert [c.id for c in comparisons.list_comparisons(session, team_id=team.id)] == [comparison.id]
-    assert runs.count_runs(session, team_id=team.id, filters=RunFilter(comparison_id=comparison.id)) == 2
+    assert len(runs.list_runs(session, team_id=team.id, filters=RunFilter(comparison_id=comparison.id))[0]) == 2
     with pytest.raises(ValueError, match="distinct"):
         comparisons.create_comparison(
             session, team_id=team.id, name="x", base_config=base, variants=[comparisons.VariantRun("a", base)] * 2

@@ -6,19 +6,15 @@ The services under the dashboard are tested on PostgreSQL too (tests/api); these
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from factories import TeamToken, make_team_token
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from ui_seed import Team, make_team, seed_comparison  # noqa: E402
-
-from api.services import Services  # noqa: E402
-from api.settings import Settings  # noqa: E402
-from store.migrate import upgrade  # noqa: E402
+from api.services import Services
+from api.settings import Settings
+from store.migrate import upgrade
+from worker.seed import seed_comparison
 
 
 @pytest.fixture(scope="session")
@@ -32,15 +28,15 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
 
 
 @pytest.fixture
-def team(services: Services) -> Team:
+def team(services: Services) -> TeamToken:
     with services.session() as session:
-        return make_team(session)
+        return make_team_token(session)
 
 
 @pytest.fixture(scope="session")
-def seeded(services: Services) -> tuple[Team, int, list[int]]:
+def seeded(services: Services) -> tuple[TeamToken, int, list[int]]:
     """A team with a finished 60-step clip vs dppo comparison: (team, comparison id, [clip run, dppo run])."""
     with services.session() as session:
-        owner = make_team(session)
+        owner = make_team_token(session)
         group, run_ids = seed_comparison(session, team_id=owner.team_id, data_dir=services.settings.DATA_DIR)
     return owner, group, run_ids

@@ -17,12 +17,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ui_seed import Team, make_team, seed_comparison
+from factories import TeamToken, make_team_token
 
 from api.services import Services
 from api.settings import Settings
 from server import create_server
 from store.migrate import upgrade
+from worker.seed import seed_comparison
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -48,7 +49,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def live_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Team, Services]]:
+def live_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, TeamToken, Services]]:
     """The real app (API + dashboard) on uvicorn in a thread, with a seeded comparison: (url, team, services)."""
     import uvicorn
 
@@ -57,7 +58,7 @@ def live_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Te
     upgrade(settings.DATABASE_URL)
     services = Services.from_settings(settings)
     with services.session() as session:
-        team = make_team(session)
+        team = make_team_token(session)
         seed_comparison(session, team_id=team.team_id, data_dir=data_dir, steps=80)
     port = _free_port()
     server = uvicorn.Server(

@@ -6,10 +6,11 @@ and the stored thumbnails. How fast it opens (target: under a second) is measure
 from __future__ import annotations
 
 import pytest
-from ui_seed import make_team, seed_comparison
+from factories import make_team_token
 
 from api.services import Services
 from ui import compare, runs, samples
+from worker.seed import seed_comparison
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +29,7 @@ CHART_KEYS = (
 
 def test_compare_and_samples_of_6_runs_x_10k_steps_read_downsampled_series(services: Services) -> None:
     with services.session() as session:
-        team = make_team(session)
+        team = make_team_token(session)
         variants = ("clip", "dppo", "cps-clip", "cps-dppo", "b-clip", "b-dppo")[:RUNS]
         _, run_ids = seed_comparison(
             session,

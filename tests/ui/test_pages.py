@@ -10,7 +10,7 @@ from pathlib import Path
 
 import gradio as gr
 import pytest
-from ui_seed import Team, make_team, mark_running
+from factories import TeamToken, make_team_token, mark_running
 
 from api.services import Services
 from api.services import runs as run_service
@@ -30,7 +30,7 @@ def test_every_handler_refuses_a_missing_or_foreign_token(services: Services, se
     with pytest.raises(gr.Error, match="Log in"):
         compare.compare_view(services, "flowdppo_bad_token", run_ids, None)
     with services.session() as session:
-        stranger = make_team(session)
+        stranger = make_team_token(session)
     with pytest.raises(gr.Error, match="not found"):  # another team's run is a missing one (the service's rule)
         compare.compare_view(services, stranger.token, run_ids, None)
     with pytest.raises(gr.Error, match="Unknown or revoked token"):
@@ -60,7 +60,9 @@ def test_runs_table_progress_reward_filters_and_timer(services: Services, seeded
     assert runs.runs_table(services, owner.token, "all", "no-such-tag").frame.empty
 
 
-def test_cancel_from_the_table_and_the_timer_runs_while_something_is_active(services: Services, team: Team) -> None:
+def test_cancel_from_the_table_and_the_timer_runs_while_something_is_active(
+    services: Services, team: TeamToken
+) -> None:
     [run_id] = submit.submit(
         services,
         team.token,
@@ -97,7 +99,7 @@ def test_config_form_covers_every_field_in_its_group() -> None:
         assert submit.overrides_from_form(list(specs.values()), preset, values) == {}
 
 
-def test_submit_shows_validation_messages_next_to_their_fields(services: Services, team: Team) -> None:
+def test_submit_shows_validation_messages_next_to_their_fields(services: Services, team: TeamToken) -> None:
     specs = submit.form_specs()
     values = submit.preset_values(specs, "shapes-dppo")
     edit = {s.name: i for i, s in enumerate(specs)}
@@ -119,7 +121,7 @@ def test_submit_shows_validation_messages_next_to_their_fields(services: Service
     assert "num_minibatches" in per_field and "must divide" in per_field["num_minibatches"][0]
 
 
-def test_submit_as_comparison_same_config_and_seeds_but_the_loss(services: Services, team: Team) -> None:
+def test_submit_as_comparison_same_config_and_seeds_but_the_loss(services: Services, team: TeamToken) -> None:
     specs = submit.form_specs()
     values = submit.preset_values(specs, "shapes-dppo")
     values[[s.name for s in specs].index("steps")] = 12
@@ -167,7 +169,7 @@ def test_compare_wall_time_axis(services: Services, seeded: tuple) -> None:
     assert list(line.x) == pytest.approx([s * 1.05 for s in range(1, 61)], abs=1e-3)  # when each step was logged
 
 
-def test_compare_wall_time_axis_is_exact(services: Services, team: Team) -> None:
+def test_compare_wall_time_axis_is_exact(services: Services, team: TeamToken) -> None:
     # Each bucket's logged wall time, not an interpolation: a pause (a requeue, a slow evaluation) shows where it
     # happened; a run that never started (imported points) counts from its first point.
     seconds = [2.0, 3.5, 500.0, 501.25]
@@ -248,7 +250,7 @@ def test_run_detail_checkpoint_download_and_evaluate(
     assert len(evals) == 1 and evals.iloc[0]["status"] == "queued"
 
 
-def test_latest_group_preselects_the_newest_comparison(services: Services, seeded: tuple, team: Team) -> None:
+def test_latest_group_preselects_the_newest_comparison(services: Services, seeded: tuple, team: TeamToken) -> None:
     owner, group, run_ids = seeded
     compare_group, compare_runs, samples_group, samples_runs = latest_group(services, owner.token)
     assert compare_runs == run_ids == samples_runs

@@ -216,7 +216,7 @@ def test_evaluation_of_a_checkpoint(session, ctx, make_run, tiny_config):
     assert (done.status, done.progress) == ("succeeded", 1.0)
     logged = samples.list_samples(session, run_id=evaluation.id)
     assert [(s.step, s.index) for s in logged] == [(2, 0), (2, 1), (2, 2)]  # at the checkpoint's step
-    assert any(k.startswith("eval/reward/") for k in metrics.latest_metrics(session, run_id=evaluation.id))
+    assert any(k.startswith("eval/reward/") for k in metrics.metric_keys(session, run_ids=[evaluation.id]))
 
 
 def _stopping(ctx, sent: list):
@@ -355,7 +355,7 @@ def test_evaluation_stops_between_batches_and_is_requeued(session, ctx, make_run
 
     assert jobs.run_evaluation(run.id, ctx=ctx, evaluate_fn=evaluate_fn) == jobs.Outcome.PREEMPTED
     assert batches == [0, 1] and sent == [(run.id, "eval", "queued")]
-    assert metrics.latest_metrics(session, run_id=run.id) == {}
+    assert metrics.metric_keys(session, run_ids=[run.id]) == []
     assert _fresh(session, run.id).status == "queued"
 
 

@@ -7,7 +7,8 @@ import threading
 import time
 
 import pytest
-from api_helpers import API, add_points, make_run
+from api_helpers import API
+from factories import add_points, make_run
 
 from store import lifecycle as store_lifecycle
 from store import metrics as store_metrics

@@ -4,7 +4,8 @@ team's run on EVERY run-scoped route (the table is checked against the app's rou
 from __future__ import annotations
 
 import pytest
-from api_helpers import API, add_checkpoint_folder, add_points, add_sample_images, make_run, make_team_token
+from api_helpers import API
+from factories import add_checkpoint_folder, add_points, add_sample_images, make_run, make_team_token
 
 # (method, path, json body); {run} = the other team's run, {sample} and {ckpt} = its sample and checkpoint,
 # {mine} = one of the caller's own runs (for routes that take several runs).

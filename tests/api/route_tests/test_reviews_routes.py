@@ -6,7 +6,8 @@ import io
 import random
 import tarfile
 
-from api_helpers import API, add_checkpoint_folder, add_sample_images, make_run
+from api_helpers import API
+from factories import add_checkpoint_folder, add_sample_images, make_run
 from PIL import Image
 
 from api.services import reviews

@@ -3,7 +3,8 @@ delete, evaluate. Every test runs on SQLite and PostgreSQL with the real filesys
 
 from __future__ import annotations
 
-from api_helpers import API, TINY, add_checkpoint_folder, jobs_for, make_run
+from api_helpers import API, TINY, jobs_for
+from factories import add_checkpoint_folder, make_run
 
 
 def test_create_from_preset_with_overrides_queues_after_commit(client, services, team):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import uuid
 from types import SimpleNamespace
 
-from api_helpers import API, make_run
+from api_helpers import API
+from factories import make_run
 
 from store import runs as store_runs
 
