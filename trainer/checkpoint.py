@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 CHECKPOINTS = "checkpoints"
+STEP_PREFIX = "step_"  # a checkpoint folder is step_000010; a save in progress is step_000010.tmp
 
 
 @dataclass
@@ -28,7 +29,18 @@ class CheckpointState:
 
 
 def checkpoint_dir(out_dir: Path, step: int) -> Path:
-    return Path(out_dir) / CHECKPOINTS / f"step_{step:06d}"
+    return Path(out_dir) / CHECKPOINTS / f"{STEP_PREFIX}{step:06d}"
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The step of a checkpoint folder (step_000010 -> 10); None for any other name (a .tmp save, the base model)."""
+    digits = Path(path).name.removeprefix(STEP_PREFIX)
+    return int(digits) if Path(path).name.startswith(STEP_PREFIX) and digits.isdigit() else None
+
+
+def checkpoint_folders(out_dir: Path) -> list[Path]:
+    """Every checkpoint folder under out_dir, complete or not (a crashed save leaves its .tmp folder behind)."""
+    return sorted((Path(out_dir) / CHECKPOINTS).glob(STEP_PREFIX + "*"))
 
 
 def save_checkpoint(
@@ -56,11 +68,8 @@ def save_checkpoint(
 
 def latest_checkpoint(out_dir: Path) -> Path | None:
     """The newest complete checkpoint folder under out_dir, or None."""
-    root = Path(out_dir) / CHECKPOINTS
-    if not root.is_dir():
-        return None
-    done = [p for p in root.glob("step_*") if not p.name.endswith(".tmp") and (p / "state.json").is_file()]
-    return max(done, key=lambda p: int(p.name.split("_")[1]), default=None)
+    done = [p for p in checkpoint_folders(out_dir) if checkpoint_step(p) is not None and (p / "state.json").is_file()]
+    return max(done, key=checkpoint_step, default=None)
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> CheckpointState:

@@ -10,8 +10,9 @@ import numpy as np
 import torch
 
 from trainer.callbacks import Callback, NullCallback, Sample
-from trainer.checkpoint import load_weights
+from trainer.checkpoint import checkpoint_step, load_weights
 from trainer.config import EvalConfig, TrainConfig
+from trainer.images import to_uint8_hwc
 from trainer.models.base import FlowModel
 from trainer.models.families import load_model
 from trainer.prompts import load_prompts
@@ -73,7 +74,7 @@ def _weighted_total(config: TrainConfig, table: dict[str, torch.Tensor]) -> torc
 
 
 def _to_samples(prompts, seeds, images, table, offset: int = 0) -> list[Sample]:
-    pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    pixels = to_uint8_hwc(images)
     return [
         Sample(
             prompt=p,
@@ -134,7 +135,7 @@ def evaluate(
     step = 0
     if checkpoint is not None:
         model.load_trainable_state_dict(load_weights(checkpoint, config.use_ema, model.device))
-        step = int(Path(checkpoint).name.split("_")[-1]) if Path(checkpoint).name.startswith("step_") else 0
+        step = checkpoint_step(checkpoint) or 0  # the base model, or a folder of another name: step 0
     rewards = build_rewards(train_config, model.device)
     base_prompts = load_prompts(config.prompt_set)[: config.num_prompts]
     prompts = [p for p in base_prompts for _ in range(config.samples_per_prompt)]

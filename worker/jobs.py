@@ -294,12 +294,12 @@ def _recorded_checkpoint(ctx: JobContext, run_id: int, out_dir: Path) -> Path | 
     The trainer resumes from the newest folder in out_dir; a folder without a row was written by an attempt that
     was fenced off (or died before recording it), so it is removed first.
     """
-    from trainer.checkpoint import CHECKPOINTS, latest_checkpoint
+    from trainer.checkpoint import checkpoint_folders, latest_checkpoint
 
     with ctx.session_factory() as session:
         rows = checkpoints.list_checkpoints(session, run_id=run_id)
     recorded = {artifacts.resolve(ctx.data_dir, row.path) for row in rows}
-    for folder in (out_dir / CHECKPOINTS).glob("step_*"):
+    for folder in checkpoint_folders(out_dir):
         if folder.resolve() not in recorded:
             log.warning("run %s: removing checkpoint %s, which has no database row", run_id, folder)
             shutil.rmtree(folder, ignore_errors=True)

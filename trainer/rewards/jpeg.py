@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from trainer.images import to_uint8_hwc
 from trainer.rewards.registry import RewardFn, register_reward
 
 _DEFAULT_QUALITY = 95  # DDPO / Flow-GRPO
@@ -30,10 +31,8 @@ def jpeg_sizes_kb(images: torch.Tensor, quality: int = _DEFAULT_QUALITY) -> torc
     """
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be (B, 3, H, W), got shape {tuple(images.shape)}")
-    # uint8 HWC as PIL expects; round rather than truncate so 0.5/255 steps land on the nearest code.
-    pixels = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     sizes = []
-    for array in pixels:  # (H, W, 3)
+    for array in to_uint8_hwc(images):  # (H, W, 3)
         buffer = io.BytesIO()
         Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="JPEG", quality=quality)
         sizes.append(buffer.tell() / 1000.0)

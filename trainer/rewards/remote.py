@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 import torch
 
+from trainer.images import to_uint8_hwc
 from trainer.rewards.registry import RewardFn, register_reward
 
 logger = logging.getLogger(__name__)
@@ -45,10 +46,8 @@ def encode_images(images: torch.Tensor, fmt: str = "png", jpeg_quality: int = 95
     """(B, 3, H, W) float in [0, 1] -> B base64 strings of 8-bit PNG/JPEG files."""
     from PIL import Image
 
-    pixels = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)  # (B, 3, H, W)
-    pixels = pixels.permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, 3)
     out = []
-    for array in pixels:
+    for array in to_uint8_hwc(images):  # (H, W, 3)
         buffer = io.BytesIO()
         if fmt == "png":
             Image.fromarray(array).save(buffer, format="PNG")
