@@ -10,6 +10,7 @@ from rich.progress import Progress
 import flowdppo
 from api import cli
 from api.client import ApiError, Client
+from api.schemas import RunFilter
 from store import lifecycle as store_lifecycle
 from store import runs as store_runs
 from store import teams as store_teams
@@ -35,6 +36,7 @@ def test_client_round_trip(api_client, client, session, team):
     comparison = api_client.create_comparison({"a": {}, "b": {"loss": "clip"}}, preset="shapes-dppo", overrides=TINY)
     assert [r.variant for r in api_client.get_comparison(comparison.id).runs] == ["a", "b"]
     assert api_client.cancel_run(run.id).status == "cancelled"
+    assert [r.id for r in api_client.iter_runs(RunFilter(status="cancelled", kind="train", tag="c"))] == [run.id]
     assert {p.name for p in api_client.presets()} >= {
         "shapes-dppo",
         "shapes-clip",
@@ -74,6 +76,10 @@ def test_cli_submit_runs_cancel_compare_watch(cli_client, capsys, session, team)
     assert str(run_id) in capsys.readouterr().out
     assert flowdppo.main(["cancel", str(run_id)]) == 0
     assert "cancelled" in capsys.readouterr().out
+    assert flowdppo.main(["runs", "--status", "cancelled", "--kind", "train"]) == 0
+    assert f"\n│ {run_id} " in capsys.readouterr().out
+    assert flowdppo.main(["runs", "--status", "queued"]) == 0
+    assert f"\n│ {run_id} " not in capsys.readouterr().out
     done = make_run(session, team_id=team.team_id, status="running", name="mine")
     add_points(session, run_id=done, steps=range(4), keys={"reward/total/mean": 0.25, "kl_ref/mean": 0.01})
     store_lifecycle.finish_run(session, run_id=done, status="succeeded")

@@ -75,6 +75,7 @@ def test_cursor_pagination_and_filters(client, session, team):
     tagged = client.get(f"{API}/runs", params={"tag": "even"}, headers=team.headers).json()
     assert sorted(run["id"] for run in tagged["data"]) == ids[0::2]
     assert client.get(f"{API}/runs", params={"cursor": "x"}, headers=team.headers).status_code == 422
+    assert client.get(f"{API}/runs", params={"status": "bogus"}, headers=team.headers).status_code == 422
 
 
 def test_list_items_carry_no_config_and_get_has_it(client, session, team):
