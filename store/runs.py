@@ -1,4 +1,4 @@
-"""Runs and their events as rows: create, read, list with a `RunFilter`, count, delete (platform.md "Data model").
+"""Runs and their events as rows: create, read, list with a `RunFilter`, delete (platform.md "Data model").
 
 The run's state changes (claim, heartbeat, fence, finish, cancel, requeue, preempt) are store/lifecycle.py's.
 Every write function commits.
