@@ -87,20 +87,16 @@ def _check_relative(path: str, what: str) -> None:
         raise ValueError(f"{what} {path!r} must be relative to the run's output folder, without '..'")
 
 
-def tracker_hosts(specs: Sequence[TrackerSpec]) -> list[str]:
-    """The `host[:port]` of each remote MLflow server in `specs` (for an operator allowlist check)."""
-    found = []
+def refused_hosts(specs: Sequence[TrackerSpec], allowed: Sequence[str]) -> list[str]:
+    """`host[:port]` of each remote MLflow server in `specs` not in `allowed` (`host` there allows every port)."""
+    allowed, refused = {a.lower() for a in allowed}, []
     for spec in specs:
         if spec.kind == "mlflow" and spec.local_path(Path(".")) is None:
             parts = urlsplit(spec.uri)
-            found.append(f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname))
-    return found
-
-
-def refused_hosts(specs: Sequence[TrackerSpec], allowed: Sequence[str]) -> list[str]:
-    """Remote tracker hosts not in `allowed` (entries `host` or `host:port`; a bare host allows every port)."""
-    allowed = {a.lower() for a in allowed}
-    return [h for h in tracker_hosts(specs) if h.lower() not in allowed and h.lower().split(":")[0] not in allowed]
+            host = f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
+            if host.lower() not in allowed and str(parts.hostname).lower() not in allowed:
+                refused.append(host)
+    return refused
 
 
 # --- the mirrors ---
@@ -318,18 +314,16 @@ class BackgroundMirror(NullCallback):
         self._put("on_samples", step, list(samples), wall if wall is not None else time.time())
 
     def close(self, status: str = "FINISHED") -> None:
+        deadline = time.monotonic() + self.close_timeout
         self._put("close", status)
-        self._put_stop()
-        self._thread.join(self.close_timeout)
-        if self._thread.is_alive():
-            self._stopping.set()
-            self.warn("close", f"still busy after {self.close_timeout:g} s; {self._queue.qsize()} reports unsent")
-
-    def _put_stop(self) -> None:
         try:
-            self._queue.put(None, timeout=self.close_timeout)
+            self._queue.put(None, timeout=self.close_timeout)  # the thread's end, after what is pending
         except queue.Full:
-            self._stopping.set()
+            pass
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        if self._thread.is_alive():
+            self._stopping.set()  # ends after its current call
+            self.warn("close", f"still busy after {self.close_timeout:g} s; {self._queue.qsize()} reports unsent")
 
 
 class MirroredCallback(NullCallback):
