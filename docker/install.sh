@@ -37,7 +37,8 @@ project)
     # Pinning the installed build makes resolving the project's `torch>=...` a no-op, never a replacement.
     constraint="$(mktemp)"
     echo "torch==$before" >"$constraint"
-    "$PIP" install --no-cache-dir --constraint "$constraint" "$src"
+    # [trackers]: a run's config may mirror to TensorBoard/MLflow (docs/trackers.md); the worker needs the libraries.
+    "$PIP" install --no-cache-dir --constraint "$constraint" "$src[trackers]"
     rm -f "$constraint"
     after="$(torch_version)"
     if [ "$before" != "$after" ]; then
