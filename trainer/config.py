@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -19,6 +21,23 @@ LossName = Literal[tuple(LOSSES)]  # the loss registry's names: "dppo", "clip", 
 SamplerName = Literal[SDE_KINDS]  # the sampler registry's stochastic kinds: "flow_sde", "cps"
 PromptSpec = Annotated[str, AfterValidator(check_prompt_spec)]  # "shapes:<split>" or "file:<path>"
 ModelFamily = Literal[tuple(FAMILIES)]  # the family table's names: "builtin", "sd3", "flux"
+
+
+def _form_group(group: str) -> Callable[..., Any]:
+    """`Field` of one TrainConfig section: the group goes into the field's JSON schema ("group"), which the dashboard's
+    New-run form reads to lay out its sections (ui/submit.py)."""
+    return functools.partial(Field, json_schema_extra={"group": group})
+
+
+RunField = _form_group("run")
+ModelField = _form_group("model")
+PromptsField = _form_group("prompts")
+SamplingField = _form_group("sampling")
+RolloutField = _form_group("rollout and rewards")
+LossField = _form_group("loss")
+OptimisationField = _form_group("optimisation")
+EvaluationField = _form_group("evaluation, samples, checkpoints")
+TrackersField = _form_group("trackers")
 
 
 class RewardSpec(BaseModel):
@@ -45,93 +64,121 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     # --- run ---
-    seed: int = Field(0, ge=0, description="Seeds the SDE-window draws, the initial noise and the minibatch shuffles.")
-    steps: int = Field(100, ge=1, le=1_000_000, description="Number of RL iterations (rollout + update).")
+    seed: int = RunField(
+        0, ge=0, description="Seeds the SDE-window draws, the initial noise and the minibatch shuffles."
+    )
+    steps: int = RunField(100, ge=1, le=1_000_000, description="Number of RL iterations (rollout + update).")
 
     # --- model ---
-    model: ModelFamily = Field("builtin", description="Model family: the built-in tiny model, SD3/SD3.5 or FLUX.1.")
-    model_path: str | None = Field(
+    model: ModelFamily = ModelField(
+        "builtin", description="Model family: the built-in tiny model, SD3/SD3.5 or FLUX.1."
+    )
+    model_path: str | None = ModelField(
         None, description="Local directory (or hub id when online) of the base model; builtin: None = shipped base."
     )
-    resolution: int = Field(32, ge=16, le=2048, description="Image side in pixels (builtin: 32).")
-    lora_rank: int | None = Field(
+    resolution: int = ModelField(32, ge=16, le=2048, description="Image side in pixels (builtin: 32).")
+    lora_rank: int | None = ModelField(
         None, ge=0, le=1024, description="LoRA rank; 0 = full fine-tuning; None = builtin 0, SD3 32 (spec §6), FLUX 64"
     )
-    lora_alpha: float | None = Field(None, gt=0, description="LoRA alpha; None = 2 x rank (spec §6: 64 for SD3).")
-    lora_target_modules: list[str] | None = Field(None, description="LoRA target modules; None = the family default.")
-    mixed_precision: Literal["no", "fp16", "bf16"] = Field(
+    lora_alpha: float | None = ModelField(None, gt=0, description="LoRA alpha; None = 2 x rank (spec §6: 64 for SD3).")
+    lora_target_modules: list[str] | None = ModelField(
+        None, description="LoRA target modules; None = the family default."
+    )
+    mixed_precision: Literal["no", "fp16", "bf16"] = ModelField(
         "no", description="Model weights/activations dtype; transition math stays float32 (spec §2)."
     )
-    gradient_checkpointing: bool = Field(False, description="Trade compute for memory on large transformers.")
+    gradient_checkpointing: bool = ModelField(False, description="Trade compute for memory on large transformers.")
 
     # --- prompts ---
-    train_prompts: PromptSpec = Field(
+    train_prompts: PromptSpec = PromptsField(
         "shapes:train", description="Prompt set: 'shapes:train' or 'file:/path/prompts.txt'."
     )
-    eval_prompts: PromptSpec = Field("shapes:heldout", description="Held-out prompt set for evaluation.")
+    eval_prompts: PromptSpec = PromptsField("shapes:heldout", description="Held-out prompt set for evaluation.")
 
     # --- sampling (spec §1-2) ---
-    sampler: SamplerName = Field("flow_sde", description="Per-step Gaussian policy: flow_sde (Flow-GRPO) or cps.")
-    noise_level: float | None = Field(
+    sampler: SamplerName = SamplingField(
+        "flow_sde", description="Per-step Gaussian policy: flow_sde (Flow-GRPO) or cps."
+    )
+    noise_level: float | None = SamplingField(
         None, gt=0.0, le=2.0, description="Noise level a; None = 0.7 for flow_sde, 0.8 for cps (spec §6)."
     )
-    num_steps: int = Field(10, ge=2, le=1000, description="Sampling steps during training rollouts (spec §6: 10).")
-    shift: float = Field(3.0, gt=0.0, description="Timestep shift of the flow-matching schedule (SD3: 3).")
-    sde_steps: int | Literal["all"] = Field(
+    num_steps: int = SamplingField(
+        10, ge=2, le=1000, description="Sampling steps during training rollouts (spec §6: 10)."
+    )
+    shift: float = SamplingField(3.0, gt=0.0, description="Timestep shift of the flow-matching schedule (SD3: 3).")
+    sde_steps: int | Literal["all"] = SamplingField(
         3, description="Stochastic (trained) steps per rollout, or 'all': every step, sde_window ignored (spec §1)."
     )
-    sde_window: tuple[float, float] = Field(
+    sde_window: tuple[float, float] = SamplingField(
         (0.0, 0.5), description="Fraction [start, end) of the schedule the SDE steps are drawn from (spec §1)."
     )
-    guidance_scale: float = Field(1.0, ge=1.0, le=30.0, description="CFG during training rollouts (spec §6: 1.0).")
-    shared_initial_noise: bool = Field(False, description="One initial noise per group instead of per sample (§5).")
-    logprob_reduction: Literal["mean", "sum"] = Field("mean", description="Reduction of log-prob and KL (spec §2-3).")
+    guidance_scale: float = SamplingField(
+        1.0, ge=1.0, le=30.0, description="CFG during training rollouts (spec §6: 1.0)."
+    )
+    shared_initial_noise: bool = SamplingField(
+        False, description="One initial noise per group instead of per sample (§5)."
+    )
+    logprob_reduction: Literal["mean", "sum"] = SamplingField(
+        "mean", description="Reduction of log-prob and KL (spec §2-3)."
+    )
 
     # --- rollout and rewards (spec §5) ---
-    prompts_per_step: int = Field(16, ge=1, le=4096, description="P: distinct prompts per rollout.")
-    group_size: int = Field(8, ge=2, le=512, description="G: samples per prompt.")
-    rewards: list[RewardSpec] = Field(
+    prompts_per_step: int = RolloutField(16, ge=1, le=4096, description="P: distinct prompts per rollout.")
+    group_size: int = RolloutField(8, ge=2, le=512, description="G: samples per prompt.")
+    rewards: list[RewardSpec] = RolloutField(
         default_factory=lambda: [RewardSpec(name="shapes")], min_length=1, description="Reward terms and weights."
     )
-    reward_aggregation: Literal["sum", "gdpo"] | None = Field(
+    reward_aggregation: Literal["sum", "gdpo"] | None = RolloutField(
         None, description="Multi-reward aggregation; None = gdpo when several rewards are trained on, else sum."
     )
-    advantage_std: Literal["global", "group"] = Field("global", description="Std used to standardise (spec §5).")
-    advantage_clip: float | Literal["auto"] | None = Field(
+    advantage_std: Literal["global", "group"] = RolloutField(
+        "global", description="Std used to standardise (spec §5)."
+    )
+    advantage_clip: float | Literal["auto"] | None = RolloutField(
         "auto", description="Clip advantages to [-c, c]; 'auto' = off for dppo/none, 5 for clip (spec §4)."
     )
 
     # --- loss (spec §3-4) ---
-    loss: LossName = Field("dppo", description="dppo (divergence mask), clip (Flow-GRPO ratio clip) or none.")
-    delta: float = Field(1e-5, gt=0.0, description="dppo KL threshold delta (spec §4: 1e-5 with mean reduction).")
-    clip_range: float = Field(1e-4, gt=0.0, lt=1.0, description="clip epsilon (spec §4: 1e-4 with mean reduction).")
-    beta: float = Field(0.0, ge=0.0, description="Weight of KL(pi_theta || pi_ref) to the frozen base (spec §4).")
+    loss: LossName = LossField("dppo", description="dppo (divergence mask), clip (Flow-GRPO ratio clip) or none.")
+    delta: float = LossField(1e-5, gt=0.0, description="dppo KL threshold delta (spec §4: 1e-5 with mean reduction).")
+    clip_range: float = LossField(
+        1e-4, gt=0.0, lt=1.0, description="clip epsilon (spec §4: 1e-4 with mean reduction)."
+    )
+    beta: float = LossField(0.0, ge=0.0, description="Weight of KL(pi_theta || pi_ref) to the frozen base (spec §4).")
 
     # --- optimisation (spec §6) ---
-    learning_rate: float = Field(3e-4, gt=0.0, le=1.0, description="AdamW learning rate (spec §6: 3e-4).")
-    adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
-    weight_decay: float = Field(1e-4, ge=0.0, description="AdamW weight decay.")
-    adam_eps: float = Field(1e-8, gt=0.0, description="AdamW epsilon.")
-    inner_epochs: int = Field(1, ge=1, le=64, description="I: passes over each rollout (spec §6).")
-    num_minibatches: int = Field(2, ge=1, le=1024, description="M: optimizer steps per inner epoch (spec §6).")
-    micro_batch_size: int | None = Field(
+    learning_rate: float = OptimisationField(3e-4, gt=0.0, le=1.0, description="AdamW learning rate (spec §6: 3e-4).")
+    adam_betas: tuple[float, float] = OptimisationField((0.9, 0.999), description="AdamW betas.")
+    weight_decay: float = OptimisationField(1e-4, ge=0.0, description="AdamW weight decay.")
+    adam_eps: float = OptimisationField(1e-8, gt=0.0, description="AdamW epsilon.")
+    inner_epochs: int = OptimisationField(1, ge=1, le=64, description="I: passes over each rollout (spec §6).")
+    num_minibatches: int = OptimisationField(
+        2, ge=1, le=1024, description="M: optimizer steps per inner epoch (spec §6)."
+    )
+    micro_batch_size: int | None = OptimisationField(
         None, ge=1, description="Samples per forward/backward chunk (gradient accumulation); None = whole minibatch."
     )
-    max_grad_norm: float = Field(1.0, gt=0.0, description="Gradient norm clip (spec §6: 1.0).")
-    ema_decay: float | None = Field(None, gt=0.0, lt=1.0, description="EMA of trainable weights for evaluation.")
+    max_grad_norm: float = OptimisationField(1.0, gt=0.0, description="Gradient norm clip (spec §6: 1.0).")
+    ema_decay: float | None = OptimisationField(
+        None, gt=0.0, lt=1.0, description="EMA of trainable weights for evaluation."
+    )
 
     # --- evaluation, samples, checkpoints ---
-    eval_every: int = Field(10, ge=0, description="Evaluate on held-out prompts every N steps (0 = never).")
-    eval_num_samples: int = Field(
+    eval_every: int = EvaluationField(10, ge=0, description="Evaluate on held-out prompts every N steps (0 = never).")
+    eval_num_samples: int = EvaluationField(
         36, ge=1, le=10_000, description="Held-out images per evaluation: the prompt set cycled, seed = index."
     )
-    eval_num_steps: int = Field(40, ge=2, le=1000, description="ODE steps at evaluation (spec §6: 40).")
-    eval_guidance_scale: float | None = Field(
+    eval_num_steps: int = EvaluationField(40, ge=2, le=1000, description="ODE steps at evaluation (spec §6: 40).")
+    eval_guidance_scale: float | None = EvaluationField(
         None, ge=1.0, le=30.0, description="CFG at evaluation; None = builtin 1.0, SD3.5 4.5, FLUX 3.5."
     )
-    sample_every: int = Field(10, ge=0, description="Log sample images every N steps (0 = never).")
-    num_logged_samples: int = Field(8, ge=0, le=256, description="Images logged each time (fixed prompts and seeds).")
-    checkpoint_every: int = Field(10, ge=0, description="Write a resumable checkpoint every N steps (0 = end only).")
+    sample_every: int = EvaluationField(10, ge=0, description="Log sample images every N steps (0 = never).")
+    num_logged_samples: int = EvaluationField(
+        8, ge=0, le=256, description="Images logged each time (fixed prompts and seeds)."
+    )
+    checkpoint_every: int = EvaluationField(
+        10, ge=0, description="Write a resumable checkpoint every N steps (0 = end only)."
+    )
 
     @property
     def effective_noise_level(self) -> float:

@@ -1,13 +1,12 @@
 """New run tab: a preset or every TrainConfig field, submitted as one run or as a clip vs dppo comparison.
 
-The form is generated from TrainConfig's fields, grouped by the `# --- group ---` comments of trainer/config.py, so
-a new config field appears here without a UI change. Validation is the service's (InvalidConfigError with a `loc`
-per field); each message is shown under its field.
+The form is generated from TrainConfig's fields, grouped by the form group each field declares in its JSON schema
+(`json_schema_extra={"group": ...}`, trainer/config.py), so a new config field appears here without a UI change.
+Validation is the service's (InvalidConfigError with a `loc` per field); each message is shown under its field.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import re
 import types
@@ -46,22 +45,11 @@ class FieldSpec:
 
 
 def config_groups(model: type = TrainConfig) -> dict[str, list[str]]:
-    """Field names by the `# --- group ---` comment above them in the model's source (else group 'other')."""
+    """Field names by the form group in each field's JSON schema extra, in field order (no group: 'other')."""
     groups: dict[str, list[str]] = {}
-    current = "other"
-    fields = set(model.model_fields)
-    for line in inspect.getsource(model).splitlines():
-        header = re.match(r"\s*# --- (.+?) ---", line)
-        if header:
-            current = re.sub(r"\s*\(.*\)\s*$", "", header.group(1)).strip()
-            continue
-        name = re.match(r"\s{4}(\w+)\s*:", line)
-        if name and name.group(1) in fields:
-            groups.setdefault(current, []).append(name.group(1))
-    listed = {n for names in groups.values() for n in names}
-    rest = [n for n in model.model_fields if n not in listed]
-    if rest:
-        groups.setdefault("other", []).extend(rest)
+    for name, info in model.model_fields.items():
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        groups.setdefault(str(extra.get("group", "other")), []).append(name)
     return groups
 
 

@@ -115,3 +115,10 @@ def test_step_streams_never_coincide():
     assert torch.equal(
         torch.randn(4, generator=step_generator(3, 7, 1)), torch.randn(4, generator=step_generator(3, 7, 1))
     )
+
+
+def test_every_field_names_its_form_group():
+    # The dashboard lays out its New-run form by these groups (ui/submit.py): a new field declares one.
+    missing = [n for n, f in TrainConfig.model_fields.items() if not (f.json_schema_extra or {}).get("group")]
+    assert not missing, f"give these TrainConfig fields a <Group>Field(...): {missing}"
+    assert TrainConfig.model_json_schema()["properties"]["loss"]["group"] == "loss"
