@@ -48,7 +48,8 @@ def pretrain_base(
         prompts = ["" if u < CAPTION_DROPOUT else p for p, u in zip(prompts, rng.random(batch_size), strict=True)]
         eps = torch.randn_like(x0)
         s = torch.sigmoid(torch.randn(batch_size))  # logit-normal timesteps
-        xs = (1 - s.view(-1, 1, 1, 1)) * x0 + s.view(-1, 1, 1, 1) * eps
+        s_b = s.view(-1, *[1] * (x0.ndim - 1))  # (B, 1, ..., 1) against any latent rank
+        xs = (1 - s_b) * x0 + s_b * eps
         embeds = text_encoder(prompts)
         v = transformer(
             hidden_states=xs,

@@ -62,12 +62,12 @@ def train(
     """Train `config` and report every step through `callback`; resume from the latest checkpoint in out_dir."""
     model = model or load_model(config, device)
     run = _Run(
-        config,
-        callback or NullCallback(),
-        Path(out_dir),
-        rewards or build_rewards(config, device),
-        load_prompts(config.train_prompts),
-        load_prompts(config.eval_prompts),
+        config=config,
+        callback=callback or NullCallback(),
+        out_dir=Path(out_dir),
+        rewards=rewards or build_rewards(config, device),
+        train_prompts=load_prompts(config.train_prompts),
+        eval_prompts=load_prompts(config.eval_prompts),
     )
     state = TrainState.create(config, model)
     if resume and (path := state.restore(run.out_dir)) is not None:

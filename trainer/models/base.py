@@ -67,8 +67,8 @@ class FlowModel(ABC):
 
     @property
     @abstractmethod
-    def sample_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of one latent."""
+    def sample_shape(self) -> tuple[int, ...]:
+        """The shape of one latent: (C, H, W) for images, e.g. (C, F, H, W) for video; the trainer is rank-agnostic."""
 
     @abstractmethod
     def encode_prompts(self, prompts: list[str]) -> PromptEmbeds:
