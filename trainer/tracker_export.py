@@ -24,7 +24,7 @@ class ExportedRun:
     """Everything a tracker takes from one run. `metrics`: step -> (wall time in Unix seconds or None, values)."""
 
     name: str
-    key: str  # identifies the run across exports (the MLflow tag flowdppo.run_key): "platform:<id>", "local:<dir>"
+    key: str  # where it came from: "platform:<url>:<id>" or "local:<dir>" (the MLflow tag flowdppo.source)
     config: dict[str, Any]
     metrics: dict[int, tuple[float | None, dict[str, float]]] = field(default_factory=dict)
     samples: dict[int, list[Sample]] = field(default_factory=dict)  # step -> the samples logged at it
@@ -78,9 +78,11 @@ def export_run(run: ExportedRun, to: Literal["tensorboard", "mlflow"], target: s
             experiment or "flowdppo",
             run.name,
             params=run.config,
-            run_key=run.key,
+            run_key=None,  # each export is a new MLflow run (finding the last one would append its points again)
             artifact_location=artifacts,
             allow_local_artifacts=True,
+            batch_metrics=True,
+            tags={"flowdppo.source": run.key[:5000]},
         )
     else:
         raise ValueError(f"to={to!r}: must be 'tensorboard' or 'mlflow'")

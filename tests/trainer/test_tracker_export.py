@@ -60,6 +60,7 @@ def test_export_folder_to_mlflow(run_folder, tmp_path, capsys):
     history = client.get_metric_history(run.info.run_id, "reward/total/mean")
     assert [(m.step, m.value) for m in history] == [(s, 0.1 + s / 3) for s in STEPS]
     assert run.data.params["rewards.0.name"] == "shapes" and run.info.status == "FINISHED"
+    assert run.data.tags["flowdppo.source"] == f"local:{run_folder.resolve()}"
     assert any(a.path.endswith(".png") for a in client.list_artifacts(run.info.run_id, "images"))
     assert (tmp_path / "mlflow-artifacts").is_dir()  # beside the database, not in the working directory
 
