@@ -57,6 +57,7 @@ def _train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from trainer.callbacks import CallbackList, JsonlCallback, NullCallback
+    from trainer.trackers import with_mirrors
     from trainer.train import train
 
     overrides = args.overrides + ([f"steps={args.steps}"] if args.steps else [])
@@ -85,8 +86,27 @@ def _train(args: argparse.Namespace) -> int:
             }
             bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()})
 
-    result = train(config, CallbackList([JsonlCallback(out), ProgressBar()]), out_dir=out, device=args.device)
-    bar.close()
+    primary = CallbackList([JsonlCallback(out), ProgressBar()])
+    try:  # config.trackers: TensorBoard folders / MLflow databases inside `out`, or an MLflow server
+        callback = with_mirrors(
+            primary,
+            config.trackers,
+            out,
+            run_name=out.resolve().name,
+            run_key=f"local:{out.resolve()}",
+            params=config.model_dump(mode="json"),
+        )
+    except ImportError as err:  # a tracker's extra is missing: say so before training
+        bar.close()
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    status = "FAILED"
+    try:
+        result = train(config, callback, out_dir=out, device=args.device)
+        status = "KILLED" if result.stopped else "FINISHED"
+    finally:
+        callback.close(status)
+        bar.close()
     print(f"{result.steps_completed} steps; metrics, samples and checkpoints in {out}")
     return 0
 

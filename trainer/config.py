@@ -16,6 +16,7 @@ from trainer.models.families import FAMILIES
 from trainer.prompts import check_prompt_spec
 from trainer.rewards.registry import check_reward_options
 from trainer.sampling import SDE_KINDS, TRANSITIONS
+from trainer.trackers import TrackerSpec
 
 LossName = Literal[tuple(LOSSES)]  # the loss registry's names: "dppo", "clip", "none"
 SamplerName = Literal[SDE_KINDS]  # the sampler registry's stochastic kinds: "flow_sde", "cps"
@@ -178,6 +179,13 @@ class TrainConfig(BaseModel):
     )
     checkpoint_every: int = EvaluationField(
         10, ge=0, description="Write a resumable checkpoint every N steps (0 = end only)."
+    )
+
+    # --- trackers (docs/trackers.md) ---
+    trackers: list[TrackerSpec] = TrackersField(
+        default_factory=list,
+        max_length=8,
+        description="Mirror metrics and samples to TensorBoard (a folder inside the run's output) or MLflow.",
     )
 
     @property

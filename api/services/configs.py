@@ -19,6 +19,7 @@ from api.services.errors import InvalidConfigError
 from trainer.config import EvalConfig, TrainConfig
 from trainer.models.loading import is_hub_id
 from trainer.prompts import prompt_file
+from trainer.trackers import refused_hosts
 
 
 def list_presets() -> list[PresetPublic]:
@@ -97,6 +98,27 @@ def check_input_paths(
     known = dict(_input_paths(unchanged_from)) if unchanged_from is not None else {}
     changed = [(field, value) for field, value in _input_paths(config) if known.get(field) != value]
     _raise_outside(changed, roots=input_roots, loc=loc)
+    _refuse_remote_trackers(config, loc=loc, unchanged_from=unchanged_from)
+
+
+def _refuse_remote_trackers(config: TrainConfig, *, loc: tuple[str, ...], unchanged_from: TrainConfig | None) -> None:
+    """A submitted config mirrors only inside its run's folder (docs/trackers.md): a remote MLflow server would be
+    reached by the worker on the team's behalf, and no operator allowlist of tracker hosts exists yet."""
+    checked = list(unchanged_from.trackers) if unchanged_from is not None else []
+    errors = [
+        _error(
+            (*loc, "trackers", i, "uri"),
+            f"MLflow server {host!r}: a run on the platform mirrors only inside its own folder (a TensorBoard folder "
+            "or sqlite:///mlflow.db); send a finished run to a server with `flowdppo export RUN --to mlflow URI`",
+            "value_error",
+            spec.uri,
+        )
+        for i, spec in enumerate(config.trackers)
+        if spec not in checked
+        for host in refused_hosts([spec], ())
+    ]
+    if errors:
+        raise InvalidConfigError(errors)
 
 
 def _input_paths(config: TrainConfig) -> list[tuple[tuple[Any, ...], str | None]]:
