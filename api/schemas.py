@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # The run enums and filter are the store's, one definition for store, services, REST, client, CLI and dashboard
 # (re-exported here for ui/, which goes through api/).
@@ -65,6 +65,7 @@ class RunListItem(_Out):
     checkpoint_id: int | None
     comparison_id: int | None
     variant: str | None
+    seed: int | None = None
 
 
 class RunPublic(RunListItem):
@@ -165,7 +166,11 @@ class CheckpointPublic(_Out):
 
 # --- comparisons ---
 class ComparisonCreate(BaseModel):
-    """One base config (a preset or a full config, plus overrides) run as named variants with the same seeds."""
+    """One base config (a preset or a full config, plus overrides) run as named variants with the same seeds.
+
+    A sweep: `seeds` runs every variant once per seed, and `grid` crosses the variants (or `grid_variants`) with
+    every combination of its values; runs are named variant, grid point and seed (`dppo delta=1e-06`, seed 2).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -178,6 +183,32 @@ class ComparisonCreate(BaseModel):
         description="Variant name -> overrides, e.g. {'clip': {'loss': 'clip'}, 'dppo': {'loss': 'dppo'}}.",
     )
     tags: list[str] = Field(default_factory=list)
+    seeds: list[Annotated[int, Field(ge=0)]] | None = Field(
+        None, min_length=1, max_length=64, description="Sweep seeds, e.g. [0, 1, 2]; null = the config's seed."
+    )
+    grid: dict[str, list[Any]] = Field(
+        default_factory=dict,
+        max_length=4,
+        description="Dotted key -> values, crossed with the variants, e.g. {'delta': [1e-5, 1e-6, 1e-7]}.",
+    )
+    grid_variants: list[str] | None = Field(
+        None, description="The variants the grid applies to (others run once per seed); null = every variant."
+    )
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int] | None) -> list[int] | None:
+        if seeds is not None and len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds must be distinct, got {seeds}")
+        return seeds
+
+    @field_validator("grid")
+    @classmethod
+    def _grid_values(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in grid.items():
+            if not 1 <= len(values) <= 16 or len({repr(v) for v in values}) != len(values):
+                raise ValueError(f"grid.{key}: 1 to 16 distinct values, got {values}")
+        return grid
 
     @model_validator(mode="after")
     def _one_source(self) -> ComparisonCreate:
@@ -191,6 +222,8 @@ class ComparisonPublic(_Out):
     name: str
     base_config: dict[str, Any]
     variants: list[dict[str, Any]]
+    seeds: list[int] | None = None
+    grid: dict[str, list[Any]] | None = None
     created_at: datetime
     runs: list[RunPublic] = Field(default_factory=list)
 

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from store.settings import PlatformSettings
 
@@ -27,6 +27,7 @@ class Settings(PlatformSettings):
     API_V1_STR: str = "/api/v1"
     PROJECT_NAME: str = "flowdppo"
     SSE_POLL_SECONDS: float = 0.5  # how often the live stream looks for new points (the DB is the truth)
+    MAX_SWEEP_RUNS: int = Field(64, ge=1)  # runs one comparison may queue: variants x grid points x seeds
 
     @model_validator(mode="after")
     def _fill_input_roots_and_check_secret(self) -> Settings:

@@ -1,8 +1,12 @@
-"""Comparisons: one base config run as several named variants (e.g. clip vs dppo with the same seeds)."""
+"""Comparisons: one base config run as several named variants (e.g. clip vs dppo with the same seeds).
+
+A sweep is a comparison whose variants (x grid points) each run once per seed: its runs share a variant name and
+differ by `seed` (platform.md "Sweeps and aggregates").
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,11 +20,13 @@ from store.session import begin_write
 
 @dataclass(frozen=True)
 class VariantRun:
-    """One variant to submit: its name, its overrides (for display) and its full validated config."""
+    """One run to submit: its variant name, its overrides (for display), its full validated config, and in a sweep
+    its seed (equal to config["seed"]; several runs share a variant name, one per seed)."""
 
     name: str
     config: dict[str, Any]
     overrides: dict[str, Any] = field(default_factory=dict)
+    seed: int | None = None
 
 
 def create_comparison(
@@ -33,17 +39,25 @@ def create_comparison(
     tags: Sequence[str] = (),
     preset: str | None = None,
     max_attempts: int = 3,
+    seeds: Sequence[int] | None = None,
+    grid: Mapping[str, Sequence[Any]] | None = None,
 ) -> tuple[Comparison, list[Run]]:
-    """The comparison and one queued run per variant, in one transaction. Enqueue the runs after this returns."""
+    """The comparison and one queued run per variant (and seed), in one transaction. Enqueue after this returns.
+
+    seeds, grid: what a sweep was asked for (kept for display); each run's own seed is VariantRun.seed.
+    """
     begin_write(session)
-    names = [v.name for v in variants]
+    names = [(v.name, v.seed) for v in variants]
     if not names or len(set(names)) != len(names):
-        raise ValueError(f"variants need distinct names, got {names}")
+        raise ValueError(f"variants need distinct (name, seed) pairs, got {names}")
+    listed = {v.name: {"name": v.name, "overrides": v.overrides} for v in reversed(variants)}  # first one wins
     comparison = Comparison(
         team_id=team_id,
         name=name,
         base_config=base_config,
-        variants=[{"name": v.name, "overrides": v.overrides} for v in variants],
+        variants=[listed[n] for n in dict.fromkeys(v.name for v in variants)],
+        seeds=list(seeds) if seeds is not None else None,
+        grid={k: list(values) for k, values in grid.items()} if grid else None,
     )
     session.add(comparison)
     session.flush()
@@ -52,7 +66,7 @@ def create_comparison(
             session,
             team_id=team_id,
             config=v.config,
-            name=f"{name} / {v.name}",
+            name=f"{name} / {v.name}" + (f" / seed {v.seed}" if v.seed is not None else ""),
             tags=tags,
             preset=preset,
             max_attempts=max_attempts,
@@ -62,6 +76,8 @@ def create_comparison(
         )
         for v in variants
     ]
+    for run, v in zip(runs, variants, strict=True):
+        run.seed = v.seed if v.seed is not None else run.config.get("seed")
     session.commit()
     return comparison, runs
 

@@ -110,6 +110,9 @@ class Comparison(Base):
     name: Mapped[str] = mapped_column(String(200))
     base_config: Mapped[dict[str, Any]] = mapped_column()
     variants: Mapped[list[Any]] = mapped_column()  # [{"name": "dppo", "overrides": {...}}, ...]
+    # A sweep's seeds (every variant runs each) and grid ({"delta": [1e-5, 1e-6]}); None for a plain comparison.
+    seeds: Mapped[list[Any] | None] = mapped_column(JSONType, default=None)
+    grid: Mapped[dict[str, Any] | None] = mapped_column(JSONType, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -154,6 +157,7 @@ class Run(Base):
         ForeignKey("comparisons.id", ondelete="SET NULL"), index=True, default=None
     )
     variant: Mapped[str | None] = mapped_column(String(100), default=None)
+    seed: Mapped[int | None] = mapped_column(BigInteger, default=None)  # a sweep run's seed (config["seed"])
 
 
 class RunEvent(Base):

@@ -17,9 +17,14 @@ router = APIRouter(prefix="/comparisons", tags=["comparisons"])
 def create_comparison(
     body: ComparisonCreate, session: SessionDep, team: CurrentTeam, services: ServicesDep
 ) -> ComparisonPublic:
-    """All variants are validated first (422 naming the variant and field), stored together, then enqueued."""
+    """All variants (x grid x seeds) are validated first (422 naming the field), stored together, then enqueued."""
     return service.create_comparison(
-        session, queue=services.queue, input_roots=services.settings.INPUT_ROOTS, team_id=team.team_id, body=body
+        session,
+        queue=services.queue,
+        input_roots=services.settings.INPUT_ROOTS,
+        team_id=team.team_id,
+        body=body,
+        max_runs=services.settings.MAX_SWEEP_RUNS,
     )
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -16,39 +15,34 @@ from api.schemas import (
     ComparisonsPublic,
     RunPublic,
 )
-from api.services.configs import apply_overrides, resolve_train_config
-from api.services.errors import InvalidConfigError, NotFoundError
+from api.services.configs import resolve_train_config
+from api.services.errors import NotFoundError
 from api.services.metrics import read_metrics
 from api.services.queue import TaskQueue
 from api.services.runs import enqueue
+from api.services.sweeps import MAX_SWEEP_RUNS, sweep_runs
 from store import comparisons as store_comparisons
 from store.models import Comparison, Run
-from trainer.config import TrainConfig
 
 # What the dashboard's "clip vs dppo pair" button and `flowdppo up --demo` submit.
 CLIP_VS_DPPO = {"clip": {"loss": "clip"}, "dppo": {"loss": "dppo"}}
 
 
 def create_comparison(
-    session: Session, *, queue: TaskQueue, input_roots: Sequence[Path], team_id: int, body: ComparisonCreate
+    session: Session,
+    *,
+    queue: TaskQueue,
+    input_roots: Sequence[Path],
+    team_id: int,
+    body: ComparisonCreate,
+    max_runs: int = MAX_SWEEP_RUNS,
 ) -> ComparisonPublic:
-    """Validate the base and every variant (all errors at once), store them in one transaction, then enqueue."""
+    """Validate the base and every variant, grid point and seed (all errors at once; a sweep of more than
+    `max_runs` runs is refused), store them in one transaction, then enqueue."""
     base = resolve_train_config(
         preset=body.preset, config=body.config, overrides=body.overrides, input_roots=input_roots
     )
-    configs: dict[str, TrainConfig] = {}
-    errors: list[dict[str, Any]] = []
-    for name, overrides in body.variants.items():
-        try:
-            configs[name] = apply_overrides(base, overrides, input_roots=input_roots, loc=("body", "variants", name))
-        except InvalidConfigError as err:
-            errors.extend(err.errors)
-    if errors:
-        raise InvalidConfigError(errors)
-    variants = [
-        store_comparisons.VariantRun(name=name, config=config.model_dump(mode="json"), overrides=body.variants[name])
-        for name, config in configs.items()
-    ]
+    variants = sweep_runs(base, body, input_roots=input_roots, max_runs=max_runs)
     comparison, runs = store_comparisons.create_comparison(
         session,
         team_id=team_id,
@@ -57,6 +51,8 @@ def create_comparison(
         variants=variants,
         tags=body.tags,
         preset=body.preset,
+        seeds=body.seeds,
+        grid=body.grid,
     )
     for run in runs:  # after the commit: a worker re-reads the run by id
         enqueue(session, queue=queue, run=run)

@@ -10,6 +10,8 @@ from store.migrate import current_revision, upgrade
 from store.models import Base
 from store.session import make_engine
 
+HEAD = "0002"
+
 
 def _check_schema(url: str) -> None:
     engine = make_engine(url)
@@ -27,7 +29,7 @@ def test_upgrade_from_empty_sqlite(tmp_path):
     assert current_revision(url) is None
     upgrade(url)
     upgrade(url)  # idempotent
-    assert current_revision(url) == "0001"
+    assert current_revision(url) == HEAD
     _check_schema(url)
 
 
@@ -43,7 +45,7 @@ def test_upgrade_from_empty_postgresql(pg_admin):
         assert current_revision(url) is None
         upgrade(url)
         upgrade(url)
-        assert current_revision(url) == "0001"
+        assert current_revision(url) == HEAD
         _check_schema(url)
     finally:
         with pg_admin.connect() as conn:
@@ -61,4 +63,52 @@ def test_cli_upgrade(tmp_path, monkeypatch):
         revision = "head"
 
     assert _upgrade(Args()) == 0
-    assert current_revision(url) == "0001"
+    assert current_revision(url) == HEAD
+
+
+def _pg_schema_url(pg_admin, schema: str) -> str:
+    base = pg_admin.url.render_as_string(hide_password=False)
+    return f"{base}{'&' if '?' in base else '?'}options=-csearch_path%3D{schema}"
+
+
+def _upgrade_keeps_rows(url: str) -> None:
+    """0001 -> 0002 on a database with a comparison and its run: the rows survive, the new columns are NULL."""
+    upgrade(url, "0001")
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("INSERT INTO teams (id, name, created_at) VALUES (1, 't', CURRENT_TIMESTAMP)")
+            conn.exec_driver_sql(
+                "INSERT INTO comparisons (id, team_id, name, base_config, variants, created_at) "
+                "VALUES (1, 1, 'c', '{}', '[]', CURRENT_TIMESTAMP)"
+            )
+            conn.exec_driver_sql(
+                "INSERT INTO runs (id, team_id, kind, status, name, tags, config, created_at, step, total_steps, "
+                "progress, attempt, max_attempts, cancel_requested, comparison_id, variant) VALUES (1, 1, 'train', "
+                "'queued', 'r', '[]', '{}', CURRENT_TIMESTAMP, 0, 1, 0, 1, 3, false, 1, 'dppo')"
+            )
+        upgrade(url)
+        assert current_revision(url) == HEAD
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT variant, seed FROM runs").one() == ("dppo", None)
+            assert conn.exec_driver_sql("SELECT name, seeds, grid FROM comparisons").one() == ("c", None, None)
+    finally:
+        engine.dispose()
+    _check_schema(url)
+
+
+def test_sweep_columns_added_to_existing_rows_sqlite(tmp_path):
+    _upgrade_keeps_rows(f"sqlite:///{tmp_path / 'old.db'}")
+
+
+def test_sweep_columns_added_to_existing_rows_postgresql(pg_admin):
+    import uuid
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with pg_admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    try:
+        _upgrade_keeps_rows(_pg_schema_url(pg_admin, schema))
+    finally:
+        with pg_admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
