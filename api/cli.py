@@ -1,4 +1,4 @@
-"""`flowdppo token|submit|runs|watch|cancel|compare`: tokens (operator commands) and a REST client CLI.
+"""`flowdppo token|submit|runs|watch|cancel|sweep|compare`: tokens (operator commands) and a REST client CLI.
 
 `flowdppo api` and `flowdppo up` serve the API with the dashboard: they live in server.py, the composition root.
 
@@ -72,6 +72,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("cancel", parents=[client], help="Cancel a run (a running one stops within a step).")
     p.add_argument("run_id", type=int, metavar="RUN")
     p.set_defaults(handler=_cancel)
+
+    from api import sweep_cli
+
+    sweep_cli.register(subparsers, client)  # flowdppo sweep submit|show
 
     p = subparsers.add_parser("compare", parents=[client], help="Summary metrics of runs side by side.")
     p.add_argument("run_ids", type=int, nargs="+", metavar="RUN")

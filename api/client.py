@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, TypeAdapter
 
+from api.aggregate_schemas import ComparisonAggregate
 from api.schemas import (
     CheckpointPublic,
     ComparisonAligned,
@@ -270,7 +271,11 @@ class Client:
         overrides: dict[str, Any] | None = None,
         name: str = "",
         tags: Sequence[str] = (),
+        seeds: Sequence[int] | None = None,
+        grid: dict[str, list[Any]] | None = None,
+        grid_variants: Sequence[str] | None = None,
     ) -> ComparisonPublic:
+        """A comparison; with `seeds` (and `grid`) a sweep: variants x grid points x seeds runs."""
         body = {
             "variants": variants,
             "preset": preset,
@@ -278,8 +283,23 @@ class Client:
             "overrides": overrides or {},
             "name": name,
             "tags": list(tags),
+            "seeds": list(seeds) if seeds is not None else None,
+            "grid": grid or {},
+            "grid_variants": list(grid_variants) if grid_variants is not None else None,
         }
         return self._post("/comparisons", ComparisonPublic, body)
+
+    def aggregate(
+        self,
+        comparison_id: int,
+        *,
+        keys: Sequence[str] | None = None,
+        kl_budget: float | None = None,
+        max_points: int = 1000,
+    ) -> ComparisonAggregate:
+        """Per variant over its seeds: mean curves with 95% t-bands, summary intervals, the reward-vs-KL frontier."""
+        params = {"key": list(keys) if keys else None, "kl_budget": kl_budget, "max_points": max_points}
+        return self._get(f"/comparisons/{comparison_id}/aggregate", ComparisonAggregate, params=params)
 
     def list_comparisons(self, *, limit: int = 100) -> ComparisonsPublic:
         return self._get("/comparisons", ComparisonsPublic, params={"limit": limit})

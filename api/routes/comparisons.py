@@ -6,8 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, status
 
+from api.aggregate_schemas import ComparisonAggregate
 from api.deps import CurrentTeam, ServicesDep, SessionDep
 from api.schemas import ComparisonAligned, ComparisonCreate, ComparisonPublic, ComparisonsPublic
+from api.services import aggregates
 from api.services import comparisons as service
 
 router = APIRouter(prefix="/comparisons", tags=["comparisons"])
@@ -58,5 +60,29 @@ def aligned(
         keys=key,
         step_min=step_min,
         step_max=step_max,
+        max_points=max_points,
+    )
+
+
+@router.get("/{comparison_id}/aggregate")
+def aggregate(
+    comparison_id: int,
+    session: SessionDep,
+    team: CurrentTeam,
+    key: Annotated[
+        list[str] | None, Query(description="Curves to average; omitted = held-out reward, reward, KL.")
+    ] = None,
+    kl_budget: Annotated[
+        float | None, Query(gt=0, description="KL budget of reward_at_kl; omitted = smallest mean final KL.")
+    ] = None,
+    max_points: Annotated[int, Query(ge=1, le=10_000)] = aggregates.DEFAULT_MAX_POINTS,
+) -> ComparisonAggregate:
+    """Per variant, over its seeds: mean curves with 95% t-bands, summary intervals, the reward-vs-KL frontier."""
+    return aggregates.comparison_aggregate(
+        session,
+        team_id=team.team_id,
+        comparison_id=comparison_id,
+        keys=key,
+        kl_budget=kl_budget,
         max_points=max_points,
     )
