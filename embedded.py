@@ -1,6 +1,7 @@
 """`flowdppo up`: the whole platform on one machine (platform.md "Embedded"): migrations, a local team and token,
-one worker subprocess (with the heartbeat reaper), and the API + dashboard (server.py) in this process. Ctrl-C stops
-it all. A composition module beside server.py: the one place besides it that knows api/ and worker/ both.
+worker subprocesses (one per GPU or CPU slot, worker/slots.py; the first with the heartbeat reaper), and the API +
+dashboard (server.py) in this process. Ctrl-C stops it all. A composition module beside server.py: the one place
+besides it that knows api/ and worker/ both.
 
 The same code runs distributed when DATABASE_URL / BROKER_URL point at PostgreSQL and Redis.
 """
@@ -11,6 +12,7 @@ import logging
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from api.services import teams as team_service
 from api.settings import Settings
 from worker.launch import start_worker_process
 from worker.settings import WorkerSettings
+from worker.slots import plan_slots
 
 log = logging.getLogger(__name__)
 LOCAL_TEAM = "local"
@@ -55,24 +58,38 @@ def submit_demo(services: Services, *, team_id: int) -> list[int]:
     return [run.id for run in comparison.runs]
 
 
-def start_worker(settings: Settings) -> subprocess.Popen[bytes]:
+def start_workers(settings: Settings) -> list[subprocess.Popen[bytes]]:
+    """One worker subprocess per slot (worker/slots.py: one per GPU, or CPU slots sharing the cores), the first
+    with the heartbeat reaper beside it; logs in DATA_DIR/worker.log (worker-N.log for the others)."""
     worker_settings = WorkerSettings(**settings.platform_values())
-    return start_worker_process(worker_settings, reaper=True, log_file=settings.DATA_DIR / "worker.log")
+    slots = plan_slots(
+        workers=worker_settings.EMBEDDED_WORKERS,
+        torch_threads=worker_settings.WORKER_TORCH_THREADS,
+        device=worker_settings.WORKER_DEVICE,
+    )
+    procs = []
+    for index, slot in enumerate(slots):
+        slot_settings = worker_settings.model_copy(update={"WORKER_TORCH_THREADS": slot.torch_threads})
+        log_file = settings.DATA_DIR / ("worker.log" if index == 0 else f"worker-{index}.log")
+        procs.append(start_worker_process(slot_settings, gpu=slot.gpu, reaper=index == 0, log_file=log_file))
+    return procs
 
 
-def stop_worker(proc: subprocess.Popen[bytes], *, timeout: float = WORKER_STOP_SECONDS) -> None:
-    """SIGTERM (Celery warm shutdown: the job checkpoints and stops), then SIGKILL after `timeout` seconds.
+def stop_workers(procs: list[subprocess.Popen[bytes]], *, timeout: float = WORKER_STOP_SECONDS) -> None:
+    """SIGTERM to every worker (Celery warm shutdown: each job checkpoints and stops), SIGKILL after `timeout` s.
 
     A killed job is not lost: its run is requeued by the reaper and resumes from its last checkpoint next time.
     """
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)  # the worker runs in its own process group (worker.launch)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    running = [proc for proc in procs if proc.poll() is None]
+    for proc in running:
+        os.killpg(proc.pid, signal.SIGTERM)  # each worker runs in its own process group (worker.launch)
+    deadline = time.monotonic() + timeout
+    for proc in running:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def run_embedded(
@@ -93,10 +110,10 @@ def run_embedded(
         token = local_token(session, data_dir=settings.DATA_DIR)
         principal = team_service.authenticate(session, token=token)
     assert principal is not None
-    worker = start_worker(settings)
+    workers = start_workers(settings)
     try:
         demo_runs = submit_demo(services, team_id=principal.team_id) if demo else []
-        echo(_banner(settings, host=host, port=port, token=token, demo_runs=demo_runs))
+        echo(_banner(settings, host=host, port=port, token=token, demo_runs=demo_runs, workers=len(workers)))
         server = uvicorn.Server(
             uvicorn.Config(create_server(settings, services), host=host, port=port, log_level="warning")
         )
@@ -107,8 +124,8 @@ def run_embedded(
     except KeyboardInterrupt:
         pass
     finally:
-        echo("stopping the worker ...")
-        stop_worker(worker)
+        echo("stopping the workers ...")
+        stop_workers(workers)
     echo("stopped")
     return 0
 
@@ -117,10 +134,11 @@ def _raise_interrupt(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _banner(settings: Settings, *, host: str, port: int, token: str, demo_runs: list[int]) -> str:
+def _banner(settings: Settings, *, host: str, port: int, token: str, demo_runs: list[int], workers: int = 1) -> str:
     url = f"http://{host}:{port}"
+    logs = "worker.log" if workers == 1 else f"worker.log, worker-1..{workers - 1}.log"
     lines = [
-        f"flowdppo is up (data in {settings.DATA_DIR}; worker log: {settings.DATA_DIR / 'worker.log'})",
+        f"flowdppo is up (data in {settings.DATA_DIR}; {workers} worker(s), logs: {settings.DATA_DIR / logs})",
         f"  dashboard  {url}/ui",
         f"  REST API   {url}/docs",
         f"  token      {token}   (team '{LOCAL_TEAM}')",

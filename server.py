@@ -48,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(handler=_api)
 
-    p = subparsers.add_parser("up", help="Embedded mode: API + dashboard + one worker on this machine (SQLite).")
+    p = subparsers.add_parser("up", help="Embedded mode: API, dashboard and workers on this machine (SQLite).")
     p.add_argument("--host", default=None, help="Default: API_HOST (127.0.0.1).")
     p.add_argument("--port", type=int, default=None, help="Default: API_PORT (8000).")
     p.add_argument("--demo", action="store_true", help="Also submit the shapes-clip vs shapes-dppo comparison.")

@@ -47,6 +47,17 @@ def _preload_trainer(**_kwargs: object) -> None:
     importlib.import_module("trainer.evaluate")
 
 
+@worker_process_init.connect
+def _limit_torch_threads(**_kwargs: object) -> None:
+    # In each job's process (the pool child, after the fork): CPU slots of `flowdppo up` share the cores
+    # (worker/slots.py); torch would otherwise start one thread per core in every slot.
+    threads = WorkerSettings().WORKER_TORCH_THREADS
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 # A stop (SIGTERM) preempts the running job at its next step boundary instead of waiting for it to finish
 # (worker/shutdown.py); weak=False: the receivers are module functions, kept alive anyway.
 worker_shutting_down.connect(shutdown.on_worker_shutting_down, weak=False)

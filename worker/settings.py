@@ -20,6 +20,14 @@ class WorkerSettings(PlatformSettings):
         180.0, gt=0, description="A 'running' run whose heartbeat is older than this is lost (its worker died)."
     )
     REAPER_INTERVAL_SECONDS: float = Field(30.0, gt=0, description="How often the reaper looks for lost runs.")
+    WORKER_TORCH_THREADS: int = Field(
+        0, ge=0, description="torch threads per job (torch.set_num_threads in the job's process); 0 = torch's default."
+    )
+    EMBEDDED_WORKERS: int = Field(
+        0,
+        ge=0,
+        description="`flowdppo up`: worker processes; 0 = one per GPU, else one per core (at most 4, worker/slots.py)",
+    )
 
     @model_validator(mode="after")
     def _check_timings(self) -> WorkerSettings:
