@@ -15,7 +15,10 @@ from worker.settings import WorkerSettings
 
 
 def create_celery_app(settings: WorkerSettings) -> Celery:
-    app = Celery("flowdppo", broker=settings.BROKER_URL, include=["worker.tasks"])
+    # task_cls: a job whose pool process dies has its run requeued by the main process at once (worker/recovery.py).
+    app = Celery(
+        "flowdppo", broker=settings.BROKER_URL, include=["worker.tasks"], task_cls="worker.recovery:RecoveringTask"
+    )
     app.conf.update(
         broker_transport_options=settings.broker_transport_options(),
         broker_connection_retry_on_startup=True,
@@ -24,6 +27,9 @@ def create_celery_app(settings: WorkerSettings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        # Seconds the main process waits for a dead child's result before WorkerLostError (Celery's default 10 s);
+        # results are ignored (the database holds them), so waiting only delays the requeue of its run.
+        worker_lost_wait=1.0,
         task_queues=[KombuQueue(q.value, routing_key=q.value) for q in Queue],
         task_default_queue=Queue.TRAIN.value,
         task_routes={name: {"queue": queue.value} for queue, name in TASK_NAMES.items()},

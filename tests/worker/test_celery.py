@@ -6,6 +6,7 @@ and exits at once, and the next worker resumes it."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -27,6 +28,7 @@ from worker.launch import start_worker_process
 from worker.settings import WorkerSettings
 
 pytestmark = pytest.mark.slow
+log = logging.getLogger(__name__)
 KEY = "reward/total/mean"
 READY_TIMEOUT = 120  # seconds for a worker process to import torch and answer a ping on a busy 2-core machine
 
@@ -215,3 +217,59 @@ def test_sigterm_preempts_the_run_and_a_new_worker_resumes_it(stack, tiny_config
     assert stack.steps(run_id) == list(range(1, total + 1))  # nothing missing, nothing doubled
     resumed = [e for e in stack.events(run_id) if e.startswith("resuming from checkpoint")]
     assert len(resumed) == 1 and resumed[0].endswith(f"step_{checkpoint.step:06d}"), stack.events(run_id)
+
+
+def _pool_children(pid: int) -> list[int]:
+    """The prefork pool's processes of worker `pid` (its children but the reaper beside it)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if ppid == pid and b"worker.reaper" not in cmdline:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def test_killed_pool_process_is_requeued_by_its_worker_in_seconds(stack, tiny_config):
+    """kill -9 of the worker's pool child (the OOM killer, a segfault): the worker's main process requeues the run
+    within seconds, not the reaper (its stale limit is 10 minutes here), and a new child resumes it from its
+    checkpoint with no metric step missing or doubled."""
+    stack.settings = stack.settings.model_copy(update={"RUN_STALE_AFTER_SECONDS": 600})
+    proc, name = stack.start_worker()
+    total = 12
+    run_id = stack.submit(tiny_config(steps=total, sample_every=0, checkpoint_every=2))
+
+    def has_checkpoint(run: Run) -> bool:
+        with stack.sessions() as s:
+            return checkpoints.latest_checkpoint(s, run_id=run_id) is not None
+
+    stack.wait(run_id, has_checkpoint, what="checkpointed")
+    (child,) = _pool_children(proc.pid)
+    killed = time.monotonic()
+    os.kill(child, signal.SIGKILL)
+    requeued = stack.wait(run_id, lambda r: r.attempt == 2, timeout=10, what="requeued within 10 s")
+    requeued_s = time.monotonic() - killed
+    assert requeued.status in ("queued", "running") and requeued.step < total, "make the run longer"
+    stack.wait(run_id, lambda r: r.attempt == 2 and r.status == "running", timeout=30, what="running attempt 2")
+    running_s = time.monotonic() - killed
+
+    def resuming(_run: Run) -> bool:
+        return any(e.startswith("resuming from checkpoint") for e in stack.events(run_id))
+
+    stack.wait(run_id, resuming, timeout=60, what="resuming from its checkpoint")
+    log.info(
+        "kill -9 -> requeued %.1f s, attempt 2 running %.1f s, resuming from its checkpoint %.1f s",
+        requeued_s,
+        running_s,
+        time.monotonic() - killed,
+    )
+
+    done = stack.wait(run_id, lambda r: r.status not in ("queued", "running"), what="finished")
+    assert (done.status, done.attempt, done.worker) == ("succeeded", 2, name), stack.logs()
+    assert stack.steps(run_id) == list(range(1, total + 1))  # nothing missing, nothing doubled
+    events = stack.events(run_id)
+    assert any(f"its job process on {name} died" in e and "requeued, attempt 2/3" in e for e in events), events
+    assert any(e.startswith("resuming from checkpoint") for e in events), events
