@@ -17,7 +17,7 @@ from api.schemas import ACTIVE_STATUSES
 from api.services import Services
 from api.services import metrics as metric_service
 from trainer.losses import trust_region_metrics
-from ui import plots
+from ui import plots, sweep
 from ui.common import (
     comparison_choices,
     comparison_run_ids,
@@ -251,9 +251,11 @@ def build(services: Services, token: gr.BrowserState) -> Any:
         smoothing = gr.Slider(0.0, 0.99, value=0.6, step=0.01, label="Smoothing (EMA)", scale=2)
         x_axis = gr.Radio(X_AXES, value="step", label="x axis", scale=1)
         refresh = gr.Button("Refresh", scale=0, elem_id="compare-refresh")
+    wire_aggregate = sweep.build(services, token, runs, keys)  # "aggregate seeds": ui/sweep.py
     chart = gr.Plot(label="Metrics vs step", show_label=False, elem_id="compare-chart")
     with gr.Row():
         reward_kl = gr.Plot(label="Reward vs KL to reference", show_label=False, elem_id="compare-reward-kl")
+    wire_aggregate([chart, reward_kl])
     summary = gr.Dataframe(
         headers=SUMMARY_COLUMNS, label="Summary", interactive=False, elem_id="compare-summary", wrap=True
     )

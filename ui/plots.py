@@ -183,6 +183,9 @@ def _run_traces(
     return traces
 
 
+REWARD_KL_POINTS = 12  # a run's path is drawn through at most this many means of consecutive steps
+
+
 def reward_kl_figure(
     points: Mapping[int, tuple[Sequence[float | None], Sequence[float | None], Sequence[int]]],
     *,
@@ -190,30 +193,66 @@ def reward_kl_figure(
     colors: Mapping[int, str],
     smoothing: float = 0.0,
     reward_title: str = "reward",
+    max_points: int = REWARD_KL_POINTS,
 ) -> go.Figure:
     """The paper's efficiency view: reward (y) against KL to the reference model (x), one path per run.
 
-    points: run_id -> (kl_ref, reward, steps), aligned on the same steps. Both axes are EMA-smoothed alike.
+    points: run_id -> (kl_ref, reward, steps), aligned on the same steps. Both axes are EMA-smoothed alike, then
+    averaged over at most `max_points` runs of consecutive steps: per-step points zigzag (both noisy), the means
+    read as a path. A circle marks the start and arrows point the way training went.
     A run higher up at the same KL bought more reward per unit of drift from the base model.
     """
     fig = go.Figure()
     for run_id, (kl, reward, steps) in points.items():
         color, label = colors[run_id], labels.get(run_id, f"#{run_id}")
+        x, y, at = _chunk_means(ema(kl, smoothing), ema(reward, smoothing), steps, max_points)
         fig.add_trace(
             go.Scatter(
-                x=ema(kl, smoothing),
-                y=ema(reward, smoothing),
+                x=x,
+                y=y,
                 mode="lines+markers",
                 name=label,
-                line=dict(color=color),
-                marker=dict(size=4, color=color),
+                line=dict(color=color, width=1.5),
+                marker=_path_markers(len(x), color),
                 legendgroup=str(run_id),
-                customdata=list(steps),
+                customdata=at,
                 hovertemplate=f"{label}<br>step %{{customdata}}<br>KL %{{x:.3g}}<br>reward %{{y:.4g}}<extra></extra>",
             )
         )
+    _efficiency_layout(fig, "reward vs KL to reference (higher and further left is better)", reward_title)
+    return fig
+
+
+def _chunk_means(
+    kl: Sequence[float | None], reward: Sequence[float | None], steps: Sequence[int], n: int
+) -> tuple[list[float], list[float], list[int]]:
+    """Means of (kl, reward) over at most n runs of consecutive points (each labelled by its last step)."""
+    pts = [(k, r, s) for k, r, s in zip(kl, reward, steps, strict=True) if k is not None and r is not None]
+    if len(pts) <= n:
+        return [p[0] for p in pts], [p[1] for p in pts], [p[2] for p in pts]
+    edges = np.linspace(0, len(pts), n + 1).round().astype(int)
+    chunks = [pts[a:b] for a, b in zip(edges, edges[1:], strict=False) if b > a]
+    return (
+        [float(np.mean([p[0] for p in c])) for c in chunks],
+        [float(np.mean([p[1] for p in c])) for c in chunks],
+        [c[-1][2] for c in chunks],
+    )
+
+
+def _path_markers(n: int, color: str) -> dict:
+    """A circle at the start, then arrows turned along the path (plotly's angleref='previous')."""
+    return dict(
+        size=[9] + [11] * max(n - 1, 0),
+        symbol=["circle-open"] + ["arrow"] * max(n - 1, 0),
+        angleref="previous",
+        color=color,
+        line=dict(color=color, width=1.5),
+    )
+
+
+def _efficiency_layout(fig: go.Figure, title: str, reward_title: str) -> None:
     fig.update_layout(
-        title="reward vs KL to reference (higher and further left is better)",
+        title=title,
         template="plotly_white",
         xaxis_title="KL to reference (kl_ref/mean)",
         yaxis_title=reward_title,
@@ -221,6 +260,137 @@ def reward_kl_figure(
         margin=dict(l=50, r=20, t=60, b=100),
         legend=dict(orientation="h", yref="container", y=0.02, x=0.5, xanchor="center", yanchor="bottom"),
     )
+
+
+# --- seed aggregates (api/services/aggregates.py) ---
+@dataclass
+class Band:
+    """A variant's curve of one metric averaged over seeds: x, the mean, its 95% interval lo..hi (None: n < 2)."""
+
+    label: str
+    color: str
+    x: Sequence[float]
+    mean: Sequence[float | None]
+    lo: Sequence[float | None]
+    hi: Sequence[float | None]
+    n: Sequence[int] = ()
+
+
+def variant_colors(labels: Sequence[str]) -> dict[str, str]:
+    """A colour per variant in the order given (the comparison's)."""
+    return {label: PALETTE[i % len(PALETTE)] for i, label in enumerate(dict.fromkeys(labels))}
+
+
+def band_figure(bands: Mapping[str, Sequence[Band]], *, x_title: str = "step", columns: int = 2) -> go.Figure:
+    """One subplot per metric; per variant its mean over seeds and the 95% band (fill between hi and lo)."""
+    keys = list(bands) or ["(no metric selected)"]
+    rows = math.ceil(len(keys) / columns)
+    fig = make_subplots(
+        rows=rows,
+        cols=columns,
+        subplot_titles=[metric_title(k) for k in keys],
+        horizontal_spacing=0.08,
+        vertical_spacing=min(0.12, 0.35 / max(rows - 1, 1)),
+    )
+    traces, rows_of, cols_of, shown = [], [], [], set()
+    for i, key in enumerate(bands):
+        row, col = i // columns + 1, i % columns + 1
+        for band in bands[key]:
+            for trace in _band_traces(band, key, show_legend=band.label not in shown):
+                traces.append(trace)
+                rows_of.append(row)
+                cols_of.append(col)
+            shown.add(band.label)
+        fig.update_xaxes(title_text=x_title, title_standoff=2, row=row, col=col)
+    if traces:
+        fig.add_traces(traces, rows=rows_of, cols=cols_of)
+    fig.update_layout(
+        height=max(320, 270 * rows + 40),
+        margin=dict(l=50, r=20, t=80, b=40),
+        template="plotly_white",
+        legend=dict(orientation="h", yref="container", y=0.995, yanchor="top", x=0.5, xanchor="center"),
+        hovermode="x unified",
+    )
+    return fig
+
+
+def _band_traces(band: Band, key: str, *, show_legend: bool) -> list[dict]:
+    common = dict(type="scatter", mode="lines", legendgroup=band.label, x=_array(band.x))
+    quiet = dict(showlegend=False, hoverinfo="skip", line=dict(color=band.color, width=0))
+    return [
+        dict(common, **quiet, y=_array(band.hi), name=f"{band.label} 95% hi", meta="band"),
+        dict(
+            common,
+            **quiet,
+            y=_array(band.lo),
+            fill="tonexty",
+            fillcolor=_alpha(band.color, 0.2),
+            name=f"{band.label} 95% lo",
+            meta="band",
+        ),
+        dict(
+            common,
+            y=_array(band.mean),
+            line=dict(color=band.color, width=2),
+            name=band.label,
+            showlegend=show_legend,
+            meta="mean",
+            customdata=list(band.n) or [0] * len(band.x),
+            hovertemplate=f"{band.label}: %{{y:.4g}} (n=%{{customdata}})<extra>{metric_title(key)}</extra>",
+        ),
+    ]
+
+
+@dataclass
+class Frontier:
+    """A variant's mean (KL, reward) at each eval step, in step order, and the envelope (best reward within KL)."""
+
+    label: str
+    color: str
+    kl: Sequence[float | None]
+    reward: Sequence[float | None]
+    steps: Sequence[int]
+    envelope_kl: Sequence[float] = ()
+    envelope_reward: Sequence[float] = ()
+
+
+def frontier_figure(frontiers: Sequence[Frontier], *, reward_title: str = "held-out reward") -> go.Figure:
+    """Reward vs KL to the base per variant: the path of its seed means (a circle at the start, arrows along the
+    way) and, dashed, its frontier: the best reward reached within each KL."""
+    fig = go.Figure()
+    for f in frontiers:
+        pts = [(k, r, s) for k, r, s in zip(f.kl, f.reward, f.steps, strict=True) if k is not None and r is not None]
+        fig.add_trace(
+            go.Scatter(
+                x=[p[0] for p in pts],
+                y=[p[1] for p in pts],
+                mode="lines+markers",
+                name=f.label,
+                legendgroup=f.label,
+                line=dict(color=f.color, width=1.5),
+                marker=_path_markers(len(pts), f.color),
+                customdata=[p[2] for p in pts],
+                meta="path",
+                hovertemplate=f"{f.label}<br>step %{{customdata}}<br>KL %{{x:.3g}}<br>reward %{{y:.4g}}"
+                "<extra>mean over seeds</extra>",
+            )
+        )
+        if f.envelope_kl:
+            fig.add_trace(
+                go.Scatter(
+                    x=list(f.envelope_kl),
+                    y=list(f.envelope_reward),
+                    mode="lines",
+                    line=dict(color=f.color, width=1, dash="dash", shape="hv"),
+                    name=f"{f.label} frontier",
+                    legendgroup=f.label,
+                    showlegend=False,
+                    hoverinfo="skip",
+                    meta="envelope",
+                )
+            )
+    title = "reward vs KL to the base, mean over seeds (arrows: training direction; dashed: best within KL)"
+    _efficiency_layout(fig, title, reward_title)
     return fig
 
 

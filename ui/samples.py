@@ -17,7 +17,7 @@ import gradio as gr
 
 from api.services import Services
 from api.services import samples as sample_service
-from ui import plots
+from ui import plots, sweep
 from ui.common import comparison_choices, comparison_run_ids, owned_runs, run_choices, run_label, team_session
 
 
@@ -150,6 +150,7 @@ def build(services: Services, token: gr.BrowserState) -> Any:
         group = gr.Dropdown(label="Comparison group", choices=[], value=None, scale=2)
         runs = gr.Dropdown(label="Runs (columns)", choices=[], value=[], multiselect=True, scale=3)
         step = gr.Slider(0, 1, value=0, step=1, label="Step (each run shows its nearest logged step)", scale=3)
+    sweep.build_samples(services, token, group, runs)  # a sweep's seed and same-prompt pickers: ui/sweep.py
     grid = gr.HTML(elem_id="samples-grid")
     gr.Markdown("#### One prompt across steps")
     with gr.Row():
