@@ -1,5 +1,6 @@
 """The heartbeat reaper: runs 'running' with a dead worker are marked lost and requeued (or failed after
-max_attempts). The database, not the broker, is the truth about runs (platform.md "Broker facts")."""
+max_attempts), and queued runs whose job message is gone from the broker are sent again (worker/lost_messages.py).
+The database, not the broker, is the truth about runs (platform.md "Broker facts")."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ import threading
 from collections.abc import Callable
 from datetime import timedelta
 
+from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
 from store import lifecycle
 from store.enums import RunStatus
 from store.models import Run
+from worker.lost_messages import MissingMessages, waiting_run_ids
 from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -56,6 +59,7 @@ def run_reaper(settings: WorkerSettings, stop: threading.Event | None = None, *,
     def enqueue(run_id: int, kind: str) -> None:
         enqueue_run(run_id, kind, celery_app=app)
 
+    missing = MissingMessages(after=settings.BROKER_RESEND_AFTER_SECONDS)
     while not stop.is_set():
         if watch_parent and os.getppid() != parent:
             return
@@ -64,7 +68,27 @@ def run_reaper(settings: WorkerSettings, stop: threading.Event | None = None, *,
                 reap_stale_runs(session, stale_after=settings.stale_after, enqueue=enqueue)
         except Exception:  # a database hiccup must not end the reaper; the next pass retries
             log.exception("reaper pass failed")
+        resend_lost_messages(app, factory, missing, enqueue=enqueue)
         stop.wait(settings.REAPER_INTERVAL_SECONDS)
+
+
+def resend_lost_messages(
+    app: Celery, factory: sessionmaker[Session], missing: MissingMessages, *, enqueue: Enqueue
+) -> list[int]:
+    """Re-send the queued runs whose job message is gone from the broker (worker/lost_messages.py)."""
+    try:
+        waiting = waiting_run_ids(app)  # before the database read: a run queued after it is only noted
+    except Exception as err:  # the broker is down: nothing can be sent now anyway
+        log.warning("reaper: cannot list the broker's queues (%s)", err)
+        return []
+    if waiting is None:
+        return []  # a broker that cannot be listed
+    try:
+        with factory() as session:
+            return missing.resend(session, waiting=waiting, enqueue=enqueue)
+    except Exception:
+        log.exception("reaper: re-sending lost messages failed")
+        return []
 
 
 if __name__ == "__main__":  # `python -m worker.reaper`: what `flowdppo worker` starts beside Celery

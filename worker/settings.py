@@ -20,6 +20,15 @@ class WorkerSettings(PlatformSettings):
         180.0, gt=0, description="A 'running' run whose heartbeat is older than this is lost (its worker died)."
     )
     REAPER_INTERVAL_SECONDS: float = Field(30.0, gt=0, description="How often the reaper looks for lost runs.")
+    BROKER_RESEND_AFTER_SECONDS: float = Field(
+        60.0, gt=0, description="A queued run whose job is missing from the broker this long is sent again."
+    )
+    WORKER_RANKS: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description="Ranks one job of this worker may run (its GPUs; `flowdppo worker --gpus`/`--ranks`, spec §12).",
+    )
     WORKER_TORCH_THREADS: int = Field(
         0, ge=0, description="torch threads per job (torch.set_num_threads in the job's process); 0 = torch's default."
     )

@@ -273,3 +273,39 @@ def test_killed_pool_process_is_requeued_by_its_worker_in_seconds(stack, tiny_co
     events = stack.events(run_id)
     assert any(f"its job process on {name} died" in e and "requeued, attempt 2/3" in e for e in events), events
     assert any(e.startswith("resuming from checkpoint") for e in events), events
+
+
+def _lose_the_queue(stack: Stack) -> None:
+    """The broker loses every message, as a Redis restarted empty does (here: this test's own Redis database, all
+    keys but the fixture's lock; filesystem: the message files)."""
+    if stack.settings.BROKER_URL.startswith("redis"):
+        import redis
+
+        client = redis.Redis.from_url(stack.settings.BROKER_URL)
+        for key in client.scan_iter():
+            if key != b"flowdppo:tests:lock":
+                client.delete(key)
+    else:
+        for path in (stack.settings.broker_folder / "out").glob("*.msg"):
+            path.unlink()
+
+
+def test_a_queued_run_whose_message_the_broker_lost_is_sent_again_and_runs_once(stack, tiny_config):
+    """One run training, one queued behind it; the broker loses its queue: the running run finishes, and the queued
+    one is sent again by the reaper (it is queued in the database with no message) and runs exactly once."""
+    stack.settings = stack.settings.model_copy(update={"BROKER_RESEND_AFTER_SECONDS": 2})
+    _proc, name = stack.start_worker()
+    training = stack.submit(tiny_config(steps=8, sample_every=0, checkpoint_every=0))
+    queued = stack.submit(tiny_config(steps=3, sample_every=0, checkpoint_every=0))
+    stack.wait(training, lambda r: r.status == "running" and r.step >= 1, what="running")
+    assert stack.run(queued).status == "queued"
+    _lose_the_queue(stack)
+
+    first = stack.wait(training, lambda r: r.status not in ("queued", "running"), what="finished")
+    second = stack.wait(queued, lambda r: r.status not in ("queued", "running"), what="finished")
+    assert (first.status, first.attempt) == ("succeeded", 1), stack.logs()
+    assert (second.status, second.attempt, second.worker) == ("succeeded", 1, name), stack.logs()
+    assert stack.steps(queued) == [1, 2, 3]
+    events = stack.events(queued)
+    assert sum(e.startswith("re-sent: queued with no job") for e in events) >= 1, events
+    assert sum(e.startswith("started on") for e in events) == 1, events  # run once, whatever was sent twice
