@@ -12,7 +12,8 @@ import gradio as gr
 from fastapi import FastAPI
 
 from api.services import Services
-from ui import compare, detail, review, runs, samples, submit
+from api.services.configs import list_presets
+from ui import compare, detail, review, runs, samples, submit, sweep
 from ui.common import LOGIN_HINT, authenticate, comparison_choices, comparison_run_ids
 
 UI_PATH = "/ui"
@@ -100,6 +101,8 @@ def build_dashboard(services: Services) -> gr.Blocks:
                 refresh_runs, runs_inputs, runs_outputs, selected, open_detail = runs.build(services, token)
             with gr.Tab("New run", id="submit"):
                 submit_events = submit.build(services, token)
+                presets = [p.name for p in list_presets()]
+                submit_events = [*submit_events, sweep.build_submit(services, token, presets)]  # ui/sweep.py
             with gr.Tab("Blind review", id="review") as review_tab:
                 review_pickers, review_outputs = review.build(services, token)
             with gr.Tab("Run detail", id="detail"):

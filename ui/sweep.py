@@ -229,3 +229,101 @@ def build_samples(services: Services, token: gr.BrowserState, group: Any, runs: 
     group.change(on_group, [token, group], [seed, prompt, across], api_name="samples_sweep_group")
     seed.input(lambda t, c, s: runs_of_seed(services, t, c, s), [token, group, seed], runs, api_name="samples_seed")
     prompt.input(on_prompt, [token, group, prompt], across, api_name="samples_prompt_across")
+
+
+# --- New run: a sweep (base preset x variants x seeds, optionally x a grid) ---
+
+SWEEP_VARIANTS_HINT = "clip: loss=clip\ndppo: loss=dppo"
+
+
+def parse_pairs(text: str | None) -> dict[str, Any]:
+    """'steps=30 loss=clip' (spaces or new lines) -> {'steps': 30, 'loss': 'clip'}, values as `--set`'s."""
+    from trainer.config import parse_overrides
+
+    return parse_overrides((text or "").split())
+
+
+def parse_variant_lines(text: str | None) -> dict[str, dict[str, Any]]:
+    """One variant a line, 'name: key=value key=value'; empty = clip vs dppo."""
+    from api.sweep_cli import parse_variants
+
+    items = []
+    for line in (text or "").splitlines():
+        if line.strip():
+            name, _, rest = line.partition(":")
+            items.append([name.strip(), *rest.split()])
+    variants = parse_variants([])  # the default pair
+    return {name: parse_pairs(" ".join(pairs)) for name, *pairs in items} if items else variants
+
+
+def submit_sweep(
+    services: Services,
+    token: str | None,
+    *,
+    preset: str,
+    overrides: str = "",
+    variants: str = "",
+    seeds: str = "3",
+    grid: str = "",
+    grid_variants: str = "",
+    name: str = "",
+) -> list[int]:
+    """Queue the sweep; ValueError (unparseable text) and InvalidConfigError (a 422) propagate."""
+    from api.schemas import ComparisonCreate
+    from api.services.errors import InvalidConfigError
+    from api.sweep_cli import parse_grid, parse_seeds
+
+    body = ComparisonCreate(
+        name=name,
+        preset=preset,
+        overrides=parse_pairs(overrides),
+        variants=parse_variant_lines(variants),
+        seeds=parse_seeds(seeds or "1"),
+        grid=parse_grid(grid.split()),
+        grid_variants=[v.strip() for v in grid_variants.split(",") if v.strip()] or None,
+    )
+    with team_session(services, token, keep=(InvalidConfigError,)) as (session, principal):
+        group = comparison_service.create_comparison(
+            session,
+            queue=services.queue,
+            input_roots=services.settings.INPUT_ROOTS,
+            team_id=principal.team_id,
+            body=body,
+            max_runs=services.settings.MAX_SWEEP_RUNS,
+        )
+    return [r.id for r in group.runs]
+
+
+def build_submit(services: Services, token: gr.BrowserState, presets: Sequence[str]) -> Any:
+    """The New run tab's sweep form; returns the submit event (the app refreshes Runs after it)."""
+    from pydantic import ValidationError
+
+    from api.services.errors import InvalidConfigError
+
+    with gr.Accordion("Sweep: variants x seeds (x a grid), aggregated on Compare", open=False):
+        with gr.Row():
+            preset = gr.Dropdown(list(presets), value="shapes-dppo", label="Base preset", elem_id="sweep-preset")
+            name = gr.Textbox(label="Name", placeholder="optional")
+            seeds = gr.Textbox("3", label="Seeds: N (0..N-1) or a list 0,1,2", elem_id="sweep-seeds")
+        with gr.Row():
+            variants = gr.Textbox(
+                label="Variants, one a line: name: key=value ...", placeholder=SWEEP_VARIANTS_HINT, lines=3
+            )
+            overrides = gr.Textbox(label="Base overrides: key=value ...", placeholder="steps=30", lines=3)
+            grid = gr.Textbox(label="Grid: key=v1,v2 ...", placeholder="delta=1e-5,1e-6,1e-7", lines=3)
+            grid_variants = gr.Textbox(label="Grid applies to (comma separated; empty = all)", placeholder="dppo")
+        button = gr.Button("Submit sweep", variant="primary", elem_id="submit-sweep")
+        message = gr.Markdown(elem_id="sweep-message")
+
+    def send(token: str, *values: Any) -> str:
+        keys = ("preset", "name", "seeds", "variants", "overrides", "grid", "grid_variants")
+        try:
+            ids = submit_sweep(services, token, **dict(zip(keys, values, strict=True)))
+        except InvalidConfigError as err:
+            return "**Not submitted:**\n\n" + "\n".join(f"- `{line}`" for line in err.message.splitlines())
+        except (ValueError, ValidationError) as err:
+            return f"**Not submitted:** {html.escape(str(err))}"
+        return f"Submitted sweep: {len(ids)} runs (#{ids[0]}..#{ids[-1]}); Compare opens it with 'Aggregate seeds'."
+
+    inputs = [token, preset, name, seeds, variants, overrides, grid, grid_variants]
+    return button.click(send, inputs, message, api_name="submit_sweep")

@@ -1,6 +1,7 @@
 """The aggregate view in headless Chromium against the real app: a seeded 3-seed clip vs dppo sweep with one
 failed run; Compare's "aggregate seeds" toggle shows one band per variant, the failed run counted apart, the
-summary with intervals, the rollout axis and the frontier; Samples shows one prompt across variants and seeds.
+summary with intervals, the rollout axis and the frontier; Samples shows one prompt across variants and seeds; the
+New run tab's sweep form queues clip vs dppo x 3 seeds.
 
 UI_SCREENSHOTS=docs/screenshots also writes compare-aggregate.png there (the docs' screenshot; synthetic data).
 """
@@ -93,6 +94,13 @@ def test_aggregate_seeds_view(sweep_app, browser, tmp_path: Path) -> None:  # no
     page.wait_for_function("document.querySelectorAll('#samples-across img').length >= 6", timeout=20_000)
     across = page.locator("#samples-across").inner_text()
     assert "seed 0" in across and "seed 2" in across and "dppo" in across
+    _no_error_toast(page)
+
+    # The sweep form: clip vs dppo x 3 seeds by default
+    page.get_by_role("tab", name="New run").click()
+    page.get_by_text("Sweep: variants x seeds").click()
+    page.locator("#submit-sweep").click()
+    page.locator("#sweep-message").get_by_text("Submitted sweep: 6 runs").wait_for(timeout=20_000)
     _no_error_toast(page)
     assert not page_errors, page_errors
     page.close()

@@ -80,3 +80,32 @@ def test_samples_seed_and_prompt_across_variants(services: Services, swept) -> N
     assert "seed 2" in table and "step 20" in table  # the failed run shows its last logged samples
     _, other = sweep.prompt_across_variants(services, owner.token, group, "three purple stars")
     assert "three purple stars" in other
+
+
+def test_submit_sweep_from_the_form(services: Services, team: TeamToken) -> None:
+    from api.services.errors import InvalidConfigError
+
+    ids = sweep.submit_sweep(
+        services,
+        team.token,
+        preset="shapes-dppo",
+        overrides="steps=3 prompts_per_step=2",
+        variants="clip: loss=clip\ndppo:",
+        seeds="0,1",
+        grid="delta=1e-6,1e-7",
+        grid_variants="dppo",
+        name="form sweep",
+    )
+    assert len(ids) == (1 + 2) * 2
+    with services.session() as session:
+        from api.services import runs as run_service
+
+        runs = [run_service.get_owned_run(session, team_id=team.team_id, run_id=i) for i in ids]
+        assert {(r.variant, r.seed) for r in runs} == {
+            (v, s) for v in ("clip", "dppo delta=1e-06", "dppo delta=1e-07") for s in (0, 1)
+        }
+        assert all(r.config["steps"] == 3 and r.config["seed"] == r.seed for r in runs)
+    with pytest.raises(InvalidConfigError) as err:
+        sweep.submit_sweep(services, team.token, preset="shapes-dppo", seeds="40", variants="a:\nb:")
+    assert "body.seeds" in err.value.message
+    assert sweep.parse_variant_lines("") == {"clip": {"loss": "clip"}, "dppo": {"loss": "dppo"}}
