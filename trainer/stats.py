@@ -38,6 +38,48 @@ class StepStats:
     def scalar(self, key: str, value: torch.Tensor | float) -> None:
         self._scalars[key] = value
 
+    def to_host(self) -> StepStats:
+        """A copy on the CPU, moved in one transfer (what a rank sends to the others, spec §12); dtypes are kept."""
+        tensors = [v for stats in self._micro for v in stats.values() if torch.is_tensor(v)]
+        tensors += [p for parts in self._pools.values() for p in parts]
+        tensors += [v for v in self._scalars.values() if torch.is_tensor(v)]
+        flat = torch.cat([t.detach().reshape(-1).double() for t in tensors]).cpu() if tensors else None
+        offset = 0
+
+        def host(value):
+            nonlocal offset
+            if not torch.is_tensor(value):
+                return value
+            n = value.numel()
+            out = flat[offset : offset + n].view(value.shape).to(value.dtype)  # float64 holds every float exactly
+            offset += n
+            return out
+
+        copy = StepStats()
+        copy._rows = list(self._rows)
+        copy._micro = [{k: host(v) for k, v in stats.items()} for stats in self._micro]
+        copy._pools = {name: [host(p) for p in parts] for name, parts in self._pools.items()}
+        copy._scalars = {k: host(v) for k, v in self._scalars.items()}
+        return copy
+
+    @classmethod
+    def interleave(cls, ranks: list[StepStats], optimizer_steps: int) -> StepStats:
+        """One step's statistics from every rank, in the single-process order: for each optimizer step, rank 0's
+        micro-batches, then rank 1's, ... (each rank holds the same number per step: its equal share of the minibatch).
+        Scalars (grad norm, lr, the kl_ref monitor) are the same on every rank; rank 0's are kept."""
+        out = cls()
+        for step in range(optimizer_steps):
+            for part in ranks:
+                per = len(part._rows) // optimizer_steps
+                for i in range(step * per, (step + 1) * per):
+                    out.add(part._rows[i], part._micro[i])
+                for name, parts in part._pools.items():
+                    per_pool = len(parts) // optimizer_steps
+                    for p in parts[step * per_pool : (step + 1) * per_pool]:
+                        out.pool(name, p)
+        out._scalars = dict(ranks[0]._scalars)
+        return out
+
     def report(self) -> dict[str, float]:
         """Every statistic as a Python float: micro-batch keys first, then the pools, then the scalars."""
         pooled: dict[str, torch.Tensor | float] = {}
