@@ -197,10 +197,41 @@ def _submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _runs_table(runs: list[Any], *, width: int) -> Any:
+    """`flowdppo runs`: one line per run at any terminal width (80 columns too). The short columns keep their
+    width; the name and the worker share what is left and are cut with an ellipsis, never wrapped."""
+    from rich.table import Table
+
+    rows = [
+        (
+            str(run.id),
+            run.name,
+            run.kind,
+            "cancelling" if run.cancel_requested and run.status == RunStatus.RUNNING else run.status,
+            f"{run.step}/{run.total_steps}" if run.kind == RunKind.TRAIN else f"{run.progress:.0%}",
+            run.created_at.strftime("%m-%d %H:%M"),
+            run.worker or "",
+        )
+        for run in runs
+    ]
+    headers = ("id", "name", "kind", "status", "step", "created", "worker")
+    widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(headers)]
+    # Each column costs its text plus 3 (a space either side and a border), and the table 1 more for its edge.
+    left = width - 1 - 3 * len(headers) - sum(w for i, w in enumerate(widths) if i not in (1, 6))
+    name_width = min(widths[1], max(6, left - min(widths[6], max(6, left * 2 // 5))))
+    worker_width = min(widths[6], max(6, left - name_width))
+    table = Table()
+    for i, header in enumerate(headers):
+        cut = {1: name_width, 6: worker_width}.get(i)
+        table.add_column(header, no_wrap=True, overflow="ellipsis", max_width=cut, min_width=cut or widths[i])
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
 def _runs(args: argparse.Namespace) -> int:
     import httpx
     from rich.console import Console
-    from rich.table import Table
 
     from api.client import ApiError
     from api.schemas import RunFilter
@@ -211,20 +242,8 @@ def _runs(args: argparse.Namespace) -> int:
             page = client.list_runs(filters, limit=args.limit)
     except (ApiError, httpx.HTTPError) as err:
         return _fail(err)
-    table = Table("id", "name", "kind", "status", "step", "progress", "created", "worker")
-    for run in page.data:
-        status = run.status + (" (cancelling)" if run.cancel_requested and run.status == RunStatus.RUNNING else "")
-        table.add_row(
-            str(run.id),
-            run.name,
-            run.kind,
-            status,
-            f"{run.step}/{run.total_steps}",
-            f"{run.progress:.0%}",
-            run.created_at.strftime("%Y-%m-%d %H:%M"),
-            run.worker or "",
-        )
-    Console().print(table)
+    console = Console()
+    console.print(_runs_table(page.data, width=console.width))
     if page.next_cursor:
         print(f"more: --limit {args.limit * 2}", file=sys.stderr)
     return 0

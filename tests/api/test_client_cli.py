@@ -158,3 +158,19 @@ def test_cli_token_list_and_revoke(monkeypatch, capsys, services, session):
     assert "no team 'no-such-team'" in capsys.readouterr().err
     assert flowdppo.main(["token", "revoke", "987654321"]) == 2
     assert "no token 987654321" in capsys.readouterr().err
+
+
+def test_cli_runs_fits_80_columns_one_line_per_run(cli_client, capsys, monkeypatch, session, team):
+    monkeypatch.setenv("COLUMNS", "80")  # a default terminal: the table must not wrap its rows
+    long_name = "demo: clip vs dppo · a long variant name that does not fit"
+    ids = [make_run(session, team_id=team.team_id, status="running", name=long_name) for _ in range(2)]
+    for run_id in ids:
+        store_runs.get_run(session, run_id=run_id).worker = "worker-1234567@a-long-hostname.example.org"
+    session.commit()
+    assert flowdppo.main(["runs"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert max(len(line) for line in lines) <= 80, "\n".join(lines)
+    rows = [line for line in lines if line.startswith("│ ")]
+    for run_id in ids:
+        (row,) = [r for r in rows if r.startswith(f"│ {run_id} ")]  # one line per run
+        assert "demo: clip" in row and "…" in row and "running" in row
