@@ -1,8 +1,12 @@
-"""RL quality on the built-in domain: shapes-dppo vs shapes-clip, several seeds, equal rollouts (prints a table).
+"""RL quality on the built-in domain: every method of the paper's comparison, several seeds, equal rollouts.
 
-Settings: the presets as shipped (I=1), two inner epochs (I=2: the paper's multi-epoch claim), and a setting where
-the trust region binds (8 minibatches per rollout and lr 3e-4). Reports final and best held-out reward (ODE sampler,
-held-out prompts), KL to the base model, masked/clipped fractions and wall time, mean ± std over seeds.
+Methods (issue 12): the shapes-<method> presets: clip (Flow-GRPO), dppo and its mask variants (symmetric,
+first_order; spec §9), grpo-guard (§10), nft (Diffusion-NFT, §11); each identical but for what the method needs.
+Settings: the presets as shipped (I=1), two inner epochs (I=2: the paper's multi-epoch claim; nft trains each rollout
+once, so it has no I=2 row), and a setting where the trust region binds (8 minibatches per rollout and lr 3e-4).
+Reports final and best held-out reward (ODE sampler, held-out prompts), KL to the base model, the method's own
+trust-region metric (the loss registry's: mask/fraction, clip/fraction; nft has none) and wall time, mean ± std
+over seeds. Example: `python bench/rl_quality.py --settings "I=1 (preset)" --workers 2`.
 """
 
 from __future__ import annotations
@@ -18,16 +22,35 @@ SETTINGS = {
     "I=2": {"inner_epochs": 2},
     "binding: M=8, lr=3e-4": {"num_minibatches": 8, "learning_rate": 3e-4},
 }
+METHODS = {
+    "clip": "shapes-clip",
+    "dppo": "shapes-dppo",
+    "dppo-symmetric": "shapes-dppo-symmetric",
+    "dppo-first-order": "shapes-dppo-first-order",
+    "grpo-guard": "shapes-grpo-guard",
+    "nft": "shapes-nft",
+}
+
+
+def applies(method: str, setting: str) -> bool:
+    """nft refuses inner_epochs > 1 (spec §11: one pass per rollout, as the official code)."""
+    return not (method == "nft" and SETTINGS[setting].get("inner_epochs", 1) > 1)
 
 
 def run_one(preset: str, overrides: dict, seed: int, steps: int, eval_every: int) -> dict[str, float]:
     import torch
 
     from trainer.callbacks import NullCallback
+    from trainer.losses import LOSSES
     from trainer.presets import get_preset
     from trainer.train import train
 
     torch.set_num_threads(1)
+
+    config = get_preset(preset).with_overrides(
+        {**overrides, "seed": seed, "steps": steps, "eval_every": eval_every, "sample_every": 0, "checkpoint_every": 0}
+    )
+    constraint = LOSSES[config.loss].trust_region_metric  # the method's own (None for nft)
 
     class Collect(NullCallback):
         def __init__(self):
@@ -40,11 +63,9 @@ def run_one(preset: str, overrides: dict, seed: int, steps: int, eval_every: int
                 self.eval.append(metrics["eval/reward/total/mean"])
             if step > 0:
                 self.kl_ref = metrics["kl_ref/mean"]
-                self.fraction.append(metrics.get("mask/fraction", metrics.get("clip/fraction", 0.0)))
+                if constraint is not None:
+                    self.fraction.append(metrics[constraint])
 
-    config = get_preset(preset).with_overrides(
-        {**overrides, "seed": seed, "steps": steps, "eval_every": eval_every, "sample_every": 0, "checkpoint_every": 0}
-    )
     collect = Collect()
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
@@ -54,7 +75,8 @@ def run_one(preset: str, overrides: dict, seed: int, steps: int, eval_every: int
         "final": collect.eval[-1],
         "best": max(collect.eval),
         "kl_ref": collect.kl_ref,
-        "fraction": statistics.mean(collect.fraction),
+        "fraction": statistics.mean(collect.fraction) if collect.fraction else float("nan"),
+        "constraint": constraint or "-",
         "time": time.perf_counter() - t0,
     }
 
@@ -72,31 +94,33 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=10)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--settings", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
     args = parser.parse_args()
-    jobs = [(s, p, seed) for s in args.settings for p in ("shapes-clip", "shapes-dppo") for seed in range(args.seeds)]
+    jobs = [(s, m, seed) for s in args.settings for m in args.methods if applies(m, s) for seed in range(args.seeds)]
     with ProcessPoolExecutor(args.workers) as pool:
         futures = {
-            job: pool.submit(run_one, job[1], SETTINGS[job[0]], job[2], args.steps, args.eval_every) for job in jobs
+            job: pool.submit(run_one, METHODS[job[1]], SETTINGS[job[0]], job[2], args.steps, args.eval_every)
+            for job in jobs
         }
         results = {job: f.result() for job, f in futures.items()}
     print(f"\nheld-out verifier reward (ODE, 40 steps), {args.steps} RL steps, {args.seeds} seeds, mean±std")
     header = (
-        f"{'setting':24s} {'loss':6s} {'base':>12s} {'final':>12s} {'best':>12s} {'KL_ref e-3':>12s} "
-        f"{'masked/clipped':>15s} {'time s':>8s}"
+        f"{'setting':24s} {'method':17s} {'base':>12s} {'final':>12s} {'best':>12s} {'KL_ref e-3':>12s} "
+        f"{'constraint':>14s} {'value':>12s} {'time s':>8s}"
     )
     print(header)
     print("-" * len(header))
     for setting in args.settings:
-        for preset in ("shapes-clip", "shapes-dppo"):
-            rs = [results[(setting, preset, seed)] for seed in range(args.seeds)]
+        for method in (m for m in args.methods if applies(m, setting)):
+            rs = [results[(setting, method, seed)] for seed in range(args.seeds)]
 
             def col(key: str, rs=rs) -> list[float]:
                 return [r[key] for r in rs]
 
             print(
-                f"{setting:24s} {preset.split('-')[-1]:6s} {fmt(col('base')):>12s} {fmt(col('final')):>12s} "
-                f"{fmt(col('best')):>12s} {fmt(col('kl_ref'), 1e3):>12s} {fmt(col('fraction')):>15s} "
-                f"{statistics.mean(col('time')):8.0f}"
+                f"{setting:24s} {method:17s} {fmt(col('base')):>12s} {fmt(col('final')):>12s} "
+                f"{fmt(col('best')):>12s} {fmt(col('kl_ref'), 1e3):>12s} {rs[0]['constraint']:>14s} "
+                f"{fmt(col('fraction')):>12s} {statistics.mean(col('time')):8.0f}"
             )
 
 

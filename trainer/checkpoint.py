@@ -1,6 +1,7 @@
 """Resumable checkpoints: trainable weights (and EMA) as safetensors, optimizer state, step (the RNG is derived).
 
-Layout: <out_dir>/checkpoints/step_000010/{trainable.safetensors, ema.safetensors?, optimizer.pt, state.json}.
+Layout: <out_dir>/checkpoints/step_000010/{trainable.safetensors, ema.safetensors?, old.safetensors?, optimizer.pt,
+state.json}; old.safetensors holds Diffusion-NFT's old weights theta_old (spec §11).
 A checkpoint is written to a temporary folder and renamed, so a crash never leaves a half-written one behind.
 All randomness of a run is derived from (seed, step), so the step is the whole RNG state needed to resume.
 """
@@ -26,6 +27,7 @@ class CheckpointState:
     trainable: dict[str, torch.Tensor]
     optimizer: dict
     ema: dict[str, torch.Tensor] | None
+    old: dict[str, torch.Tensor] | None = None  # theta_old (spec §11), for loss='nft'
 
 
 def checkpoint_dir(out_dir: Path, step: int) -> Path:
@@ -50,6 +52,7 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     ema: dict[str, torch.Tensor] | None,
     config_json: str,
+    old: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write a complete checkpoint for `step` and return its folder."""
     final = checkpoint_dir(out_dir, step)
@@ -59,6 +62,8 @@ def save_checkpoint(
     save_file({k: v.contiguous().cpu() for k, v in trainable.items()}, str(tmp / "trainable.safetensors"))
     if ema is not None:
         save_file({k: v.contiguous().cpu() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
+    if old is not None:
+        save_file({k: v.contiguous().cpu() for k, v in old.items()}, str(tmp / "old.safetensors"))
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     (tmp / "state.json").write_text(json.dumps({"step": step, "config": json.loads(config_json)}, indent=1))
     shutil.rmtree(final, ignore_errors=True)
@@ -77,12 +82,13 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> Che
     if not (path / "state.json").is_file():
         raise FileNotFoundError(f"no checkpoint at {path} (expected state.json, trainable.safetensors)")
     state = json.loads((path / "state.json").read_text())
-    ema_file = path / "ema.safetensors"
+    ema_file, old_file = path / "ema.safetensors", path / "old.safetensors"
     return CheckpointState(
         step=int(state["step"]),
         trainable=load_file(str(path / "trainable.safetensors"), device=str(map_location)),
         optimizer=torch.load(path / "optimizer.pt", map_location=map_location, weights_only=True),
         ema=load_file(str(ema_file), device=str(map_location)) if ema_file.is_file() else None,
+        old=load_file(str(old_file), device=str(map_location)) if old_file.is_file() else None,
     )
 
 

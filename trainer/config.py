@@ -11,7 +11,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from trainer.losses import LOSSES
+from trainer.loss_rules import check_loss_fields
+from trainer.losses import DPPO_MASKS, LOSSES
 from trainer.models.families import FAMILIES
 from trainer.prompts import check_prompt_spec
 from trainer.rewards.registry import check_reward_options
@@ -19,6 +20,7 @@ from trainer.sampling import SDE_KINDS, TRANSITIONS
 from trainer.trackers import TrackerSpec
 
 LossName = Literal[tuple(LOSSES)]  # the loss registry's names: "dppo", "clip", "none"
+DppoMask = Literal[DPPO_MASKS]  # spec §9: "asymmetric", "symmetric", "first_order"
 SamplerName = Literal[SDE_KINDS]  # the sampler registry's stochastic kinds: "flow_sde", "cps"
 PromptSpec = Annotated[str, AfterValidator(check_prompt_spec)]  # "shapes:<split>" or "file:<path>"
 ModelFamily = Literal[tuple(FAMILIES)]  # the family table's names: "builtin", "sd3", "flux"
@@ -139,13 +141,27 @@ class TrainConfig(BaseModel):
         "auto", description="Clip advantages to [-c, c]; 'auto' = off for dppo/none, 5 for clip (spec §4)."
     )
 
-    # --- loss (spec §3-4) ---
-    loss: LossName = LossField("dppo", description="dppo (divergence mask), clip (Flow-GRPO ratio clip) or none.")
-    delta: float = LossField(1e-5, gt=0.0, description="dppo KL threshold delta (spec §4: 1e-5 with mean reduction).")
-    clip_range: float = LossField(
-        1e-4, gt=0.0, lt=1.0, description="clip epsilon (spec §4: 1e-4 with mean reduction)."
+    # --- loss (spec §3-4, §9-11) ---
+    loss: LossName = LossField(
+        "dppo",
+        description="dppo (divergence mask), clip (Flow-GRPO ratio clip), none, grpo_guard (spec §10) or nft "
+        "(Diffusion-NFT, spec §11).",
     )
-    beta: float = LossField(0.0, ge=0.0, description="Weight of KL(pi_theta || pi_ref) to the frozen base (spec §4).")
+    delta: float = LossField(1e-5, gt=0.0, description="dppo KL threshold delta (spec §4: 1e-5 with mean reduction).")
+    dppo_mask: DppoMask = LossField(
+        "asymmetric", description="dppo mask: asymmetric (Eq. 18), symmetric (ablation) or first_order (App. E); §9."
+    )
+    clip_range: float | None = LossField(
+        None, gt=0.0, lt=1.0, description="Ratio clip eps; None = 1e-4 for clip (spec §4), 2e-6 for grpo_guard (§10)."
+    )
+    guard_reweight: bool = LossField(True, description="grpo_guard: weight each step by 1/(-dt) (spec §10).")
+    beta: float = LossField(
+        0.0, ge=0.0, description="Weight of KL(pi_theta || pi_ref) to the frozen base (spec §4); nft: of (v - v_ref)²."
+    )
+    nft_beta: float = LossField(1.0, gt=0.0, le=10.0, description="nft: the policy mix beta of v+/v- (spec §11: 1).")
+    nft_timesteps: int = LossField(
+        9, ge=1, le=1000, description="nft: grid noise levels trained per sample, of num_steps (spec §11: 9 of 10)."
+    )
 
     # --- optimisation (spec §6) ---
     learning_rate: float = OptimisationField(3e-4, gt=0.0, le=1.0, description="AdamW learning rate (spec §6: 3e-4).")
@@ -193,6 +209,10 @@ class TrainConfig(BaseModel):
         if self.noise_level is not None:
             return self.noise_level
         return TRANSITIONS[self.sampler].default_noise_level  # spec §6: 0.7 flow_sde, 0.8 cps
+
+    @property
+    def effective_clip_range(self) -> float | None:
+        return self.clip_range if self.clip_range is not None else LOSSES[self.loss].clip_range
 
     @property
     def effective_advantage_clip(self) -> float | None:
@@ -299,6 +319,7 @@ class TrainConfig(BaseModel):
             raise ValueError(f"rewards: each reward name may appear once, got {names}")
         if FAMILIES[self.model].needs_model_path and not self.model_path:
             raise ValueError(f"model_path is required for model={self.model!r} (a local directory with the weights)")
+        check_loss_fields(self)  # spec §9-11: a knob of another method, or one this loss ignores
         return self
 
     # --- serialisation ---

@@ -1,4 +1,4 @@
-"""Named configs as data: the built-in shapes domain with each loss and sampler, identical but for those."""
+"""Named configs as data: the built-in shapes domain with each method (loss, mask, sampler), otherwise identical."""
 
 from __future__ import annotations
 
@@ -27,6 +27,20 @@ PRESETS: dict[str, TrainConfig] = {
     "shapes-clip": TrainConfig(**_SHAPES, loss="clip", sampler="flow_sde"),
     "shapes-cps-dppo": TrainConfig(**_SHAPES, loss="dppo", sampler="cps"),  # noise_level None -> 0.8 (spec §6)
     "shapes-cps-clip": TrainConfig(**_SHAPES, loss="clip", sampler="cps"),
+    # The paper's other methods and ablations on the same domain (issue 12), identical but for what each needs.
+    "shapes-dppo-symmetric": TrainConfig(**_SHAPES, loss="dppo", dppo_mask="symmetric"),  # spec §9: "w/o asymmetry"
+    "shapes-dppo-first-order": TrainConfig(**_SHAPES, loss="dppo", dppo_mask="first_order"),  # spec §9: App. E
+    # clip_range None -> 2e-6, advantage_clip auto -> 5, guard_reweight on: spec §10, flow_grpo config/grpo_guard.py
+    "shapes-grpo-guard": TrainConfig(**_SHAPES, loss="grpo_guard"),
+    "shapes-nft": TrainConfig(
+        **{
+            **_SHAPES,
+            # spec §11: ODE rollouts are deterministic, so a group's spread can only come from its initial noise
+            "shared_initial_noise": False,
+        },
+        loss="nft",  # nft_beta 1.0, nft_timesteps 9 of num_steps 10: spec §11 (DiffusionNFT's SD3.5 configs)
+        beta=1e-4,  # spec §11: beta_kl 1e-4 on (v - v_ref)², the official configs' value
+    ),
     "sd35m-dppo": TrainConfig(
         model="sd3",
         model_path="/models/stable-diffusion-3.5-medium",

@@ -29,6 +29,11 @@ class Rollout:
     traj: Trajectory
     sigmas: torch.Tensor  # (T+1,)
 
+    @property
+    def final(self) -> torch.Tensor:
+        """(B, *latent) the clean samples the rewards score; every loss family's rollout has them (trainer.nft)."""
+        return self.traj.final
+
 
 def collect_rollout(
     model: FlowModel, config: TrainConfig, prompt_set: list[str], sigmas: torch.Tensor, step: int

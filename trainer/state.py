@@ -1,5 +1,5 @@
-"""The train state (spec §6): the policy, its optimizer, the EMA of its trainable weights and the step, and its
-checkpoint round trip (trainer.checkpoint holds the file layout)."""
+"""The train state (spec §6): the policy (with Diffusion-NFT's old weights, §11), its optimizer, the EMA of its
+trainable weights and the step, and its checkpoint round trip (trainer.checkpoint holds the file layout)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 
 from trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from trainer.config import TrainConfig
+from trainer.losses import LOSSES
 from trainer.models.base import FlowModel
 
 
@@ -33,6 +34,8 @@ class TrainState:
             eps=config.adam_eps,
         )
         ema = {n: v.float().clone() for n, v in model.trainable_state_dict().items()} if config.ema_decay else None
+        if LOSSES[config.loss].family == "forward":
+            model.init_old_policy()  # Diffusion-NFT: theta_old starts equal to theta (spec §11)
         return cls(model=model, optimizer=optimizer, ema=ema)
 
     def restore(self, out_dir: Path) -> Path | None:
@@ -43,13 +46,18 @@ class TrainState:
         checkpoint = load_checkpoint(path, map_location=self.model.device)
         self.model.load_trainable_state_dict(checkpoint.trainable)
         self.optimizer.load_state_dict(checkpoint.optimizer)
+        if self.model.has_old_policy:
+            if checkpoint.old is None:
+                raise ValueError(f"checkpoint {path} has no old.safetensors, which this run's loss needs (spec §11)")
+            self.model.load_old_state_dict(checkpoint.old)
         self.ema, self.step = checkpoint.ema, checkpoint.step
         return path
 
     def save(self, out_dir: Path, config: TrainConfig) -> Path:
         """A resumable checkpoint of this step, plus the family's export (SD3/FLUX: a diffusers LoRA folder)."""
         trainable = self.model.trainable_state_dict()
-        path = save_checkpoint(out_dir, self.step, trainable, self.optimizer, self.ema, config.to_json())
+        old = self.model.old_state_dict() if self.model.has_old_policy else None
+        path = save_checkpoint(out_dir, self.step, trainable, self.optimizer, self.ema, config.to_json(), old=old)
         self.model.export_weights(path / "lora")  # loadable with diffusers' load_lora_weights
         return path
 

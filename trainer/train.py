@@ -17,6 +17,7 @@ from trainer.evaluate import build_rewards, evaluation_metrics, logged_samples, 
 from trainer.losses import LOSSES, LossInputs, compute_loss
 from trainer.models.base import FlowModel, select_embeds
 from trainer.models.families import load_model
+from trainer.nft import collect_ode_rollout, nft_update
 from trainer.prompts import load_prompts
 from trainer.rewards import RewardFn
 from trainer.rollout import Rollout, collect_rollout, step_generator
@@ -74,21 +75,22 @@ def train(
         log.info("resumed from %s at step %d", path, state.step)
     start, stopped, metrics = state.step, False, {}
     sigmas = model.sigmas(config.num_steps)
+    collect, update = FAMILY_STAGES[LOSSES[config.loss].family]
     if start == 0 and config.eval_every:  # the base model's held-out reward, the curves' starting point
         run.callback.on_metrics(0, evaluation_metrics(model, config, run.eval_prompts, run.rewards, state.ema))
     while state.step < config.steps and not (stopped := run.callback.should_stop()):
         state.step += 1
         t0 = time.perf_counter()
-        # 1. rollout: P prompts x G samples with the current weights, every SDE step recorded
-        rollout = collect_rollout(model, config, run.train_prompts, sigmas, state.step)
+        # 1. rollout: P prompts x G samples, every SDE step recorded (nft: ODE samples of the old weights, spec §11)
+        rollout = collect(model, config, run.train_prompts, sigmas, state.step)
         t1 = time.perf_counter()
         # 2. rewards: every reward on the decoded images, name -> (B,)
-        reward_table = score_images(run.rewards, model.decode(rollout.traj.final), rollout.prompts)
+        reward_table = score_images(run.rewards, model.decode(rollout.final), rollout.prompts)
         t2 = time.perf_counter()
         # 3. advantages (spec §5)
         adv, metrics = _advantages(config, reward_table, rollout.group_ids)
-        # 4. inner epochs x minibatches of the loss (spec §4, §6)
-        metrics.update(_update(state, config, rollout, adv))
+        # 4. inner epochs x minibatches of the loss (spec §4, §6; nft: §11)
+        metrics.update(update(state, config, rollout, adv))
         t3 = time.perf_counter()
         # 5. report: metrics, held-out evaluation, samples, checkpoint
         metrics.update(_timing(t0, t1, t2, t3, len(rollout.prompts)))
@@ -225,6 +227,10 @@ def _loss_backward(model, config: TrainConfig, rollout: Rollout, embeds, adv, ro
     stats["loss/total"] = loss.detach()
     (loss * scale).backward()
     return stats, kl.detach()
+
+
+# Stages 1 and 4 by the loss's family (LossSpec.family): the SDE loop's rollout and update, or Diffusion-NFT's.
+FAMILY_STAGES = {"sde": (collect_rollout, _update), "forward": (collect_ode_rollout, nft_update)}
 
 
 def _timing(t0: float, t1: float, t2: float, t3: float, images: int) -> dict[str, float]:

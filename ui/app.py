@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from api.services import Services
 from api.services.configs import list_presets
 from ui import compare, detail, review, runs, samples, submit, sweep
-from ui.common import LOGIN_HINT, authenticate, comparison_choices, comparison_run_ids
+from ui.common import LOGIN_HINT, authenticate, comparison_choices, comparison_run_ids, latest_run_id
 
 UI_PATH = "/ui"
 TOKEN_KEY = "flowdppo-token"
@@ -104,7 +104,7 @@ def build_dashboard(services: Services) -> gr.Blocks:
                 presets = [p.name for p in list_presets()]
                 submit_events = [*submit_events, sweep.build_submit(services, token, presets)]  # ui/sweep.py
             with gr.Tab("Blind review", id="review") as review_tab:
-                review_pickers, review_outputs = review.build(services, token)
+                review_pickers, review_outputs, (open_review, open_review_outputs) = review.build(services, token)
             with gr.Tab("Run detail", id="detail"):
                 detail_id, show_detail, detail_outputs = detail.build(services, token)
 
@@ -119,11 +119,17 @@ def build_dashboard(services: Services) -> gr.Blocks:
         all_pickers = [*compare_outputs, *samples_outputs, *review_outputs]
         preselect = [*compare_outputs, *samples_outputs[:2]]
 
+        def open_latest_run(t: str) -> tuple:
+            run_id = latest_run_id(services, t)  # Run detail opens on the newest run, not empty
+            return (gr.skip(),) * (1 + len(detail_outputs)) if run_id is None else (run_id, *show_detail(t, run_id))
+
         def after_login(event: Any) -> None:
             (
                 event.then(pickers_all, token, all_pickers, api_visibility="private")
                 .then(lambda t: latest_group(services, t), token, preselect, api_visibility="private")
                 .then(refresh_runs_if_in, runs_inputs, runs_outputs, api_visibility="private")
+                .then(open_review, token, open_review_outputs, api_visibility="private")
+                .then(open_latest_run, token, [detail_id, *detail_outputs], api_visibility="private")
             )
 
         after_login(demo.load(lambda t: restore(services, t), token, [who, login_row, logout_btn], api_name="whoami"))

@@ -88,6 +88,15 @@ def comparison_run_ids(services: Services, token: str | None, comparison_id: int
     return [r.id for r in group.runs]
 
 
+def latest_run_id(services: Services, token: str | None) -> int | None:
+    """The team's newest run (what Run detail opens on), None when it has none or the token is not a team's."""
+    if authenticate(services, token) is None:
+        return None
+    with team_session(services, token) as (session, principal):
+        page = run_service.list_runs(session, team_id=principal.team_id, limit=1)
+    return page.data[0].id if page.data else None
+
+
 def elapsed_s(run: RunPublic | Any, now: datetime | None = None) -> float | None:
     if run.started_at is None:
         return None

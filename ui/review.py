@@ -15,7 +15,15 @@ from api.schemas import ReviewPair, VoteCreate
 from api.services import Services
 from api.services import reviews as review_service
 from api.services import samples as sample_service
-from ui.common import owned_runs, run_choices, run_label, team_session
+from ui.common import (
+    authenticate,
+    comparison_choices,
+    comparison_run_ids,
+    owned_runs,
+    run_choices,
+    run_label,
+    team_session,
+)
 from ui.samples import data_uri
 
 WIN_COLUMNS = ["run", "vs", "win rate", "95% interval", "wins", "losses", "ties", "votes"]
@@ -50,6 +58,18 @@ def _image(session: Any, services: Services, runs: list[Any], sample_id: int) ->
             continue
         return data_uri(path)
     return ""
+
+
+def latest_pair(services: Services, token: str | None) -> tuple[int, int] | None:
+    """The two runs Blind review opens on: the newest comparison's first two, else the team's two newest runs."""
+    if authenticate(services, token) is None:
+        return None
+    groups = comparison_choices(services, token)
+    run_ids = comparison_run_ids(services, token, groups[0][1]) if groups else []
+    if len(run_ids) >= 2:
+        return run_ids[0], run_ids[1]
+    newest = [run_id for _label, run_id in run_choices(services, token)[:2]]
+    return (newest[1], newest[0]) if len(newest) == 2 else None
 
 
 def vote(services: Services, token: str | None, pair: dict[str, Any] | None, choice: str, reviewer: str) -> str:
@@ -143,4 +163,15 @@ def build(services: Services, token: gr.BrowserState) -> Any:
         choices = run_choices(services, token)
         return gr.Dropdown(choices=choices), gr.Dropdown(choices=choices)
 
-    return pickers, [run_a, run_b]
+    def open_latest(token: str) -> tuple:
+        """After login: the latest comparison's two runs picked, and their first pair shown once they have samples."""
+        picked = latest_pair(services, token)
+        if picked is None:
+            return (gr.skip(),) * (2 + len(outputs))
+        try:
+            shown = load(token, *picked)
+        except gr.Error:  # no matched samples yet (the runs just started): the runs are picked, "Next pair" loads
+            shown = (gr.skip(),) * len(outputs)
+        return (*picked, *shown)
+
+    return pickers, [run_a, run_b], (open_latest, [run_a, run_b, *outputs])

@@ -1,4 +1,4 @@
-"""New run tab: a preset or every TrainConfig field, submitted as one run or as a clip vs dppo comparison.
+"""New run tab: a preset or every TrainConfig field, submitted as one run or as a comparison of chosen methods.
 
 The form is generated from TrainConfig's fields, grouped by the form group each field declares in its JSON schema
 (`json_schema_extra={"group": ...}`, trainer/config.py), so a new config field appears here without a UI change.
@@ -165,15 +165,18 @@ def submit(
     tags: str = "",
     comparison: bool = False,
     with_cps: bool = False,
+    methods: tuple[str, ...] | list[str] = ("clip", "dppo"),
 ) -> list[int]:
-    """Create one run or a comparison (clip vs dppo, same seeds; + cps variants). InvalidConfigError propagates."""
+    """Create one run or a comparison: one variant per method of `methods` (comparison_service.METHODS: clip, dppo,
+    its mask variants, grpo-guard, nft, none), same base and seeds; + cps variants. InvalidConfigError propagates."""
     preset = None if preset in (None, "", NO_PRESET) else preset
     overrides = overrides_from_form(specs, preset, values)
     tag_list = [t.strip() for t in (tags or "").split(",") if t.strip()]
     roots = services.settings.INPUT_ROOTS
     with team_session(services, token, keep=(InvalidConfigError,)) as (session, principal):
         if comparison:
-            variants = {**comparison_service.CLIP_VS_DPPO, **(CPS_VARIANTS if with_cps else {})}
+            base = {**preset_config(preset), **overrides}
+            variants = {**comparison_service.method_variants(methods, base), **(CPS_VARIANTS if with_cps else {})}
             body = ComparisonCreate(name=name, preset=preset, overrides=overrides, variants=variants, tags=tag_list)
             group = comparison_service.create_comparison(
                 session, queue=services.queue, input_roots=roots, team_id=principal.team_id, body=body
@@ -216,15 +219,28 @@ def build(services: Services, token: gr.BrowserState) -> Any:
     summary = gr.Markdown(elem_id="submit-message")
     with gr.Row():
         run_btn = gr.Button("Submit run", variant="primary", elem_id="submit-run")
-        pair_btn = gr.Button("Submit as comparison: clip vs dppo", variant="primary", elem_id="submit-comparison")
+        pair_btn = gr.Button("Submit as comparison of the methods", variant="primary", elem_id="submit-comparison")
         cps = gr.Checkbox(label="+ cps variants (cps-clip, cps-dppo)", value=False)
+    methods = gr.CheckboxGroup(
+        list(comparison_service.METHODS),
+        value=list(comparison_service.CLIP_VS_DPPO),
+        label="Methods of the comparison (one run each, same base config and seeds)",
+        elem_id="submit-methods",
+    )
     submitted = gr.State([])
 
     def fill(name: str | None) -> list[Any]:
         return [gr.update(value=v, info=s.description) for s, v in zip(specs, preset_values(specs, name), strict=True)]
 
     def send(
-        token: str, preset: str, run_name: str, run_tags: str, with_cps: bool, comparison: bool, *values: Any
+        token: str,
+        preset: str,
+        run_name: str,
+        run_tags: str,
+        with_cps: bool,
+        chosen: list[str],
+        comparison: bool,
+        *values: Any,
     ) -> list[Any]:
         try:
             ids = submit(
@@ -237,6 +253,7 @@ def build(services: Services, token: gr.BrowserState) -> Any:
                 tags=run_tags,
                 comparison=comparison,
                 with_cps=with_cps,
+                methods=chosen,
             )
         except InvalidConfigError as err:
             per_field, general = field_errors(err, [s.name for s in specs])
@@ -252,12 +269,15 @@ def build(services: Services, token: gr.BrowserState) -> Any:
 
     preset.input(fill, preset, widgets, api_name="preset_config")
     outputs = [summary, submitted, *widgets]
-    inputs = [token, preset, name, tags, cps]
+    inputs = [token, preset, name, tags, cps, methods]
     run_event = run_btn.click(
-        lambda t, p, n, g, c, *v: send(t, p, n, g, c, False, *v), [*inputs, *widgets], outputs, api_name="submit_run"
+        lambda t, p, n, g, c, m, *v: send(t, p, n, g, c, m, False, *v),
+        [*inputs, *widgets],
+        outputs,
+        api_name="submit_run",
     )
     pair_event = pair_btn.click(
-        lambda t, p, n, g, c, *v: send(t, p, n, g, c, True, *v),
+        lambda t, p, n, g, c, m, *v: send(t, p, n, g, c, m, True, *v),
         [*inputs, *widgets],
         outputs,
         api_name="submit_comparison",

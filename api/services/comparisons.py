@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -16,16 +17,53 @@ from api.schemas import (
     RunPublic,
 )
 from api.services.configs import resolve_train_config
-from api.services.errors import NotFoundError
+from api.services.errors import InvalidConfigError, NotFoundError
 from api.services.metrics import read_metrics
 from api.services.queue import TaskQueue
 from api.services.runs import enqueue
 from api.services.sweeps import MAX_SWEEP_RUNS, sweep_runs
 from store import comparisons as store_comparisons
 from store.models import Comparison, Run
+from trainer.config import TrainConfig
+from trainer.loss_rules import OWN_KNOBS
 
-# What the dashboard's "clip vs dppo pair" button and `flowdppo up --demo` submit.
+# Every method of the paper's comparison (issue 12; spec §4, §9-11) as the overrides that select it on a base config.
+METHODS: dict[str, dict[str, Any]] = {
+    "clip": {"loss": "clip"},
+    "dppo": {"loss": "dppo"},
+    "dppo-symmetric": {"loss": "dppo", "dppo_mask": "symmetric"},  # spec §9: the "w/o asymmetry" ablation
+    "dppo-first-order": {"loss": "dppo", "dppo_mask": "first_order"},  # spec §9: Appendix E
+    "grpo-guard": {"loss": "grpo_guard"},  # spec §10: clip_range None -> 2e-6
+    # spec §11: beta_kl 1e-4, as the shapes-nft preset; deterministic ODE rollouts need per-sample initial noise
+    "nft": {"loss": "nft", "beta": 1e-4, "shared_initial_noise": False},
+    "none": {"loss": "none"},  # plain policy gradient (spec §4)
+}
+# What `flowdppo up --demo` submits, and the dashboard's default selection.
 CLIP_VS_DPPO = {"clip": {"loss": "clip"}, "dppo": {"loss": "dppo"}}
+
+
+def method_variants(names: Sequence[str], base: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """The comparison variants for `names` (keys of METHODS) on `base` (a config dict; None = the defaults).
+
+    A method's variant also puts back to their defaults the other methods' own knobs that `base` sets (say a base
+    with dppo_mask='symmetric' and the variant clip), so that one base serves every method.
+    """
+    unknown = [n for n in names if n not in METHODS]
+    if unknown or not names:
+        raise InvalidConfigError(
+            [{"loc": ("body", "variants"), "msg": f"methods must be among {list(METHODS)}, got {list(names)}"}]
+        )
+    base = dict(base or {})
+    out = {}
+    for name in names:
+        overrides = dict(METHODS[name])
+        owner_loss = overrides["loss"]
+        for knob, owner in OWN_KNOBS.items():
+            default = TrainConfig.model_fields[knob].default
+            if owner != owner_loss and knob in base and base[knob] != default:
+                overrides.setdefault(knob, default)
+        out[name] = overrides
+    return out
 
 
 def create_comparison(

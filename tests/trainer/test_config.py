@@ -11,7 +11,11 @@ from trainer.rollout import step_generator
 
 def test_spec_defaults():
     c = TrainConfig()
-    assert (c.loss, c.delta, c.clip_range, c.beta) == ("dppo", 1e-5, 1e-4, 0.0)
+    assert (c.loss, c.delta, c.clip_range, c.beta) == ("dppo", 1e-5, None, 0.0)
+    # clip_range None is the loss's own eps (spec §4, §10); a stored config's explicit 1e-4 means the same for clip
+    assert TrainConfig(loss="clip").effective_clip_range == TrainConfig(loss="clip", clip_range=1e-4).clip_range
+    assert TrainConfig(loss="grpo_guard").effective_clip_range == 2e-6
+    assert (c.dppo_mask, c.guard_reweight, c.nft_beta, c.nft_timesteps) == ("asymmetric", True, 1.0, 9)
     assert (c.learning_rate, c.num_minibatches, c.inner_epochs, c.max_grad_norm) == (3e-4, 2, 1, 1.0)
     assert (c.num_steps, c.sde_steps, c.sde_window, c.eval_num_steps, c.guidance_scale) == (10, 3, (0.0, 0.5), 40, 1.0)
     assert c.effective_noise_level == 0.7 and TrainConfig(sampler="cps").effective_noise_level == 0.8

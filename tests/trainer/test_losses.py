@@ -8,6 +8,7 @@ import torch
 from trainer.config import TrainConfig
 from trainer.losses import (
     LOSSES,
+    FlowMatchInputs,
     LossInputs,
     LossSpec,
     clip_loss,
@@ -95,24 +96,67 @@ def _inputs(B: int = 3, S: int = 2) -> LossInputs:
     )
 
 
+def _flow_match_inputs(B: int = 3) -> FlowMatchInputs:
+    x0 = torch.randn(B, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    v = torch.randn(B, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    return FlowMatchInputs(
+        v=v.requires_grad_(), v_old=v + 0.1, x_s=x0 + 0.5, x0=x0, s=torch.full((B,), 0.5), advantages=torch.ones(B)
+    )
+
+
+def _inputs_of(name: str):
+    return _flow_match_inputs() if LOSSES[name].family == "forward" else _inputs()
+
+
 def test_registry_calls_each_loss_with_its_inputs_and_knobs():
-    assert set(LOSSES) == {"dppo", "clip", "none"}
+    assert set(LOSSES) == {"dppo", "clip", "none", "grpo_guard", "nft"}
     config = TrainConfig(delta=DELTA)
     out, _ = compute_loss("dppo", _inputs(), config)
     assert out.item() == pytest.approx(-1.0)
     inputs = _inputs()
-    direct = clip_loss(inputs.logp_new, inputs.logp_old, inputs.advantages, config.clip_range)
-    assert torch.equal(compute_loss("clip", inputs, config)[0], direct[0])
+    direct = clip_loss(inputs.logp_new, inputs.logp_old, inputs.advantages, 1e-4)
+    assert torch.equal(compute_loss("clip", inputs, TrainConfig(loss="clip"))[0], direct[0])
     with pytest.raises(ValueError, match="loss must be one of"):
         compute_loss("ppo", inputs, config)
+    with pytest.raises(ValueError, match="reads FlowMatchInputs"):
+        compute_loss("nft", inputs, TrainConfig(loss="nft"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "knobs"),
+    [
+        ({"loss": "dppo", "dppo_mask": "first_order"}, {"delta": DELTA, "mask": "first_order"}),
+        ({"loss": "clip"}, {"clip_range": 1e-4}),  # clip_range None: the loss's own default (spec §4)
+        ({"loss": "clip", "clip_range": 3e-4}, {"clip_range": 3e-4}),
+        ({"loss": "grpo_guard"}, {"clip_range": 2e-6, "reweight": True}),  # spec §10
+        ({"loss": "grpo_guard", "guard_reweight": False}, {"clip_range": 2e-6, "reweight": False}),
+        ({"loss": "nft", "nft_beta": 0.5}, {"beta": 0.5, "adv_clip": 5.0}),  # spec §11
+    ],
+)
+def test_registry_maps_each_parameter_to_its_config_attribute(overrides, knobs):
+    config = TrainConfig(**overrides)
+    seen = {}
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return torch.zeros(()), {}
+
+    spec = LOSSES[config.loss]
+    LOSSES[config.loss] = LossSpec(**{**spec.__dict__, "fn": spy})
+    try:
+        compute_loss(config.loss, _inputs_of(config.loss), config)
+    finally:
+        LOSSES[config.loss] = spec
+    assert seen == knobs
 
 
 @pytest.mark.parametrize("name", list(LOSSES))
 def test_registry_entries_carry_their_facts(name):
     # Every knob is a config field, the trust-region metric is among the loss's stats, 'auto' clip is the entry's.
     spec = LOSSES[name]
-    assert all(knob in TrainConfig.model_fields for knob in spec.knobs)
-    _, stats = compute_loss(name, _inputs(), TrainConfig())
+    config = TrainConfig(loss=name)
+    assert all(hasattr(config, attr) for attr in spec.knobs.values())
+    _, stats = compute_loss(name, _inputs_of(name), config)
     assert spec.trust_region_metric is None or spec.trust_region_metric in stats
     assert all(v.ndim == 0 and not v.requires_grad for v in stats.values())  # converted once, at report time
     assert TrainConfig(loss=name).effective_advantage_clip == spec.advantage_clip
@@ -120,6 +164,8 @@ def test_registry_entries_carry_their_facts(name):
 
 def test_config_choices_and_trust_region_metrics_come_from_the_registry():
     assert TrainConfig.model_fields["loss"].annotation.__args__ == tuple(LOSSES)
-    assert trust_region_metrics() == {"mask/fraction": ("dppo",), "clip/fraction": ("clip",)}
+    assert trust_region_metrics() == {"mask/fraction": ("dppo",), "clip/fraction": ("clip", "grpo_guard")}
     with pytest.raises(ValueError, match="not LossInputs fields"):
         LossSpec("bad", pg_loss, inputs=("logp_new", "ratio"))
+    with pytest.raises(ValueError, match="not FlowMatchInputs fields"):
+        LossSpec("bad", pg_loss, inputs=("v", "logp_new"), family="forward")

@@ -20,7 +20,8 @@ from store import runs as store_runs
 from trainer.config import TrainConfig
 from ui import compare, detail, review, runs, samples, submit
 from ui.app import CACHE_CLEANUP, build_dashboard, latest_group, login
-from ui.common import comparison_choices, run_choices
+from ui.common import comparison_choices, latest_run_id, run_choices
+from worker.seed import seed_comparison
 
 
 def test_every_handler_refuses_a_missing_or_foreign_token(services: Services, seeded: tuple) -> None:
@@ -257,3 +258,17 @@ def test_latest_group_preselects_the_newest_comparison(services: Services, seede
     assert compare_group.value == group == samples_group.value
     assert latest_group(services, "") == (gr.skip(),) * 4  # logged out: nothing changes
     assert latest_group(services, team.token) == (gr.skip(),) * 4  # no comparison yet: the pickers stay empty
+
+
+def test_review_and_detail_open_on_the_latest_comparison_and_run(services: Services) -> None:
+    with services.session() as session:
+        owner, loner = make_team_token(session), make_team_token(session)
+        _group, (clip, dppo) = seed_comparison(session, team_id=owner.team_id, data_dir=services.settings.DATA_DIR)
+        single = store_runs.create_run(session, team_id=loner.team_id, config={"steps": 10}).id
+    assert review.latest_pair(services, owner.token) == (clip, dppo)  # the newest comparison's runs, in its order
+    assert latest_run_id(services, owner.token) == max(clip, dppo)
+    assert review.latest_pair(services, loner.token) is None and latest_run_id(services, loner.token) == single
+    with services.session() as session:
+        second = store_runs.create_run(session, team_id=loner.team_id, config={"steps": 10}).id
+    assert review.latest_pair(services, loner.token) == (single, second)  # no comparison: the two newest runs
+    assert review.latest_pair(services, "") is None and latest_run_id(services, "") is None

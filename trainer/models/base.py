@@ -92,6 +92,28 @@ class FlowModel(ABC):
     def reference(self) -> AbstractContextManager[None]:
         """Inside this context `velocity` is the frozen base policy pi_ref (LoRA: the adapter disabled)."""
 
+    # --- Diffusion-NFT's old weights theta_old (spec §11); families without them raise ---
+    has_old_policy: bool = False
+
+    def init_old_policy(self) -> None:
+        """Create theta_old as a copy of the trainable weights (a second weight set, or a second LoRA adapter)."""
+        raise ValueError(f"{type(self).__name__} keeps no old weights (spec §11: needed by loss='nft')")
+
+    def old_policy(self) -> AbstractContextManager[None]:
+        """Inside this context `velocity` is pi_old (theta_old); needs `init_old_policy` first."""
+        raise RuntimeError(f"{type(self).__name__} has no old weights: call init_old_policy() first")
+
+    def old_parameters(self) -> list[torch.Tensor]:
+        """theta_old's tensors, paired one to one with `trainable_parameters()`; never in the optimizer."""
+        raise RuntimeError(f"{type(self).__name__} has no old weights: call init_old_policy() first")
+
+    def old_state_dict(self) -> dict[str, torch.Tensor]:
+        """theta_old's weights, detached, for the checkpoint's old.safetensors."""
+        raise RuntimeError(f"{type(self).__name__} has no old weights: call init_old_policy() first")
+
+    def load_old_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        raise RuntimeError(f"{type(self).__name__} has no old weights: call init_old_policy() first")
+
     @abstractmethod
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """The trainable weights, detached, for safetensors checkpoints."""

@@ -20,7 +20,14 @@ from torch import nn
 
 from trainer.models.base import FlowModel, PromptCache, PromptEmbeds
 from trainer.models.families import FAMILIES
-from trainer.models.lora import add_lora
+from trainer.models.lora import (
+    add_lora,
+    add_old_adapter,
+    load_old_adapter_state_dict,
+    old_adapter_active,
+    old_adapter_params,
+    old_adapter_state_dict,
+)
 
 SHIPPED_BASE = "shapes_base.safetensors"  # in trainer/assets/, rebuilt by `flowdppo pretrain-base`
 PAD, UNK = "<pad>", "<unk>"
@@ -100,6 +107,8 @@ class BuiltinModel(FlowModel):
         self.prompt_cache = PromptCache(self.text_encoder, storage=self.device)
         self._reference: SD3Transformer2DModel | None = None
         self._use_reference = False
+        self._old: SD3Transformer2DModel | None = None  # theta_old of a full fine-tune (spec §11), when asked for
+        self._use_old = False
         if lora_rank > 0:
             targets = list(lora_target_modules or FAMILIES[self.family].lora_targets)
             add_lora(self.transformer, lora_rank, lora_alpha, targets, lora_seed)
@@ -116,7 +125,11 @@ class BuiltinModel(FlowModel):
         return self.prompt_cache.get(list(prompts), self.device)
 
     def velocity(self, latents, sigma, embeds, guidance_scale: float = 1.0) -> torch.Tensor:
-        net = self._reference if self._use_reference and self._reference is not None else self.transformer
+        net = self.transformer
+        if self._use_reference and self._reference is not None:
+            net = self._reference
+        elif self._use_old and self._old is not None:
+            net = self._old
         if guidance_scale == 1.0:
             return _predict(net, latents, sigma, embeds["tokens"], embeds["pooled"])
         uncond = self.encode_prompts([""] * latents.shape[0])
@@ -149,6 +162,51 @@ class BuiltinModel(FlowModel):
                 yield
             finally:
                 self._use_reference = False
+
+    # --- Diffusion-NFT's old weights (spec §11): a second weight set (0.44M parameters), or a second LoRA adapter ---
+    def init_old_policy(self) -> None:
+        if self.lora_rank > 0:
+            add_old_adapter(self.transformer)
+        else:
+            self._old = copy.deepcopy(self.transformer).requires_grad_(False).eval()
+        self.has_old_policy = True
+
+    @contextmanager
+    def old_policy(self):
+        if not self.has_old_policy:
+            raise RuntimeError("BuiltinModel has no old weights: call init_old_policy() first")
+        if self.lora_rank > 0:
+            with old_adapter_active(self.transformer):
+                yield
+            return
+        self._use_old = True
+        try:
+            yield
+        finally:
+            self._use_old = False
+
+    def old_parameters(self) -> list[torch.Tensor]:
+        if self.lora_rank > 0:
+            return old_adapter_params(self.transformer)
+        old = dict(self._old.named_parameters())
+        return [old[n] for n, p in self.transformer.named_parameters() if p.requires_grad]
+
+    def old_state_dict(self) -> dict[str, torch.Tensor]:
+        if self.lora_rank > 0:
+            return old_adapter_state_dict(self.transformer)
+        trained = {n for n, p in self.transformer.named_parameters() if p.requires_grad}
+        return {n: p.detach().clone() for n, p in self._old.named_parameters() if n in trained}
+
+    def load_old_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if self.lora_rank > 0:
+            load_old_adapter_state_dict(self.transformer, state)
+            return
+        params = dict(self._old.named_parameters())
+        if set(state) - set(params):
+            raise ValueError(f"old weights this model does not have: {sorted(set(state) - set(params))[:5]}")
+        with torch.no_grad():
+            for name, value in state.items():
+                params[name].copy_(value)
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         return {n: p.detach().clone() for n, p in self.transformer.named_parameters() if p.requires_grad}

@@ -19,7 +19,18 @@ from torch import nn
 from trainer.models.base import FlowModel, PromptCache, PromptEmbeds
 from trainer.models.families import FAMILIES
 from trainer.models.loading import compute_dtype, from_pretrained
-from trainer.models.lora import adapter_disabled, add_lora, load_lora_state_dict, lora_state_dict, save_lora
+from trainer.models.lora import (
+    adapter_disabled,
+    add_lora,
+    add_old_adapter,
+    load_lora_state_dict,
+    load_old_adapter_state_dict,
+    lora_state_dict,
+    old_adapter_active,
+    old_adapter_params,
+    old_adapter_state_dict,
+    save_lora,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -295,6 +306,33 @@ class DiffusersFlowModel(FlowModel):
             yield
         finally:
             self._use_reference = False
+
+    # --- Diffusion-NFT's old weights (spec §11): a second LoRA adapter "old" ---
+    def init_old_policy(self) -> None:
+        """theta_old as a second adapter; a full fine-tune would need a second full transformer (refused)."""
+        if self._frozen_copy is not None:
+            raise ValueError(
+                f"{type(self).__name__}: old weights need LoRA (lora_rank > 0); a full fine-tune would keep a "
+                "second full transformer in memory"
+            )
+        add_old_adapter(self.transformer)
+        self.has_old_policy = True
+
+    @contextmanager
+    def old_policy(self) -> Iterator[None]:
+        if not self.has_old_policy:
+            raise RuntimeError(f"{type(self).__name__} has no old weights: call init_old_policy() first")
+        with old_adapter_active(self.transformer):
+            yield
+
+    def old_parameters(self) -> list[torch.Tensor]:
+        return old_adapter_params(self.transformer)
+
+    def old_state_dict(self) -> dict[str, torch.Tensor]:
+        return old_adapter_state_dict(self.transformer)
+
+    def load_old_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        load_old_adapter_state_dict(self.transformer, {k: v.to(self.device) for k, v in state.items()})
 
     def export_weights(self, directory: Path) -> Path | None:
         """A LoRA adapter that `pipe.load_lora_weights(directory)` restores; full fine-tunes have none."""

@@ -1,8 +1,11 @@
 """LoRA adapters on diffusers transformers (spec §6: r=32, alpha=64 for SD3-class models; spec §4: pi_ref is the
-same transformer with its adapter disabled): inject, switch off, read and write the adapter weights."""
+same transformer with its adapter disabled): inject, switch off, read and write the adapter weights; Diffusion-NFT's
+old weights as a second adapter "old" (spec §11)."""
 
 from __future__ import annotations
 
+import copy
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -90,3 +93,65 @@ def save_lora(model: Any, directory: str | Path) -> Path:
         transformer_lora_adapter_metadata=transformer.peft_config["default"].to_dict(),
     )
     return directory
+
+
+# --- Diffusion-NFT's old weights as a second adapter (spec §11) ---
+OLD_ADAPTER = "old"
+
+
+def _adapter_params(transformer: nn.Module, adapter: str) -> dict[str, nn.Parameter]:
+    """The LoRA parameters of one adapter by name ("...lora_A.<adapter>.weight"), in module order."""
+    return {n: p for n, p in transformer.named_parameters() if "lora_" in n and f".{adapter}." in n}
+
+
+def add_old_adapter(transformer: nn.Module) -> None:
+    """A second adapter "old" with the "default" adapter's layout and weights (theta_old starts equal to theta).
+
+    diffusers' add_adapter activates the new adapter, and peft's set_adapter gives the active adapter's weights
+    requires_grad=True and the others False: switching back to "default" keeps "old" frozen, out of the optimizer.
+    Float32 like the trained adapter (`add_lora`). A second call only copies the weights again.
+    """
+    if OLD_ADAPTER not in transformer.peft_config:
+        config = copy.deepcopy(transformer.peft_config["default"])
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*multiple adapters.*")  # two adapters is the point here
+            transformer.add_adapter(config, adapter_name=OLD_ADAPTER)  # its random init is overwritten below
+        transformer.set_adapter("default")
+    trained = _adapter_params(transformer, "default").values()
+    with torch.no_grad():
+        for old, new in zip(old_adapter_params(transformer), trained, strict=True):
+            old.data = new.detach().float().clone()
+
+
+def old_adapter_params(transformer: nn.Module) -> list[nn.Parameter]:
+    """The "old" adapter's parameters, paired one to one with the "default" adapter's (the trainable ones)."""
+    old = _adapter_params(transformer, OLD_ADAPTER)
+    names = [n.replace(".default.", f".{OLD_ADAPTER}.") for n in _adapter_params(transformer, "default")]
+    return [old[n] for n in names]
+
+
+@contextmanager
+def old_adapter_active(transformer: nn.Module) -> Iterator[None]:
+    """pi_old: the same base weights with the "old" adapter in place of "default"."""
+    transformer.set_adapter(OLD_ADAPTER)
+    try:
+        yield
+    finally:
+        transformer.set_adapter("default")  # re-enables grad on "default", freezes "old" again
+
+
+def old_adapter_state_dict(transformer: nn.Module) -> dict[str, torch.Tensor]:
+    """The "old" adapter's weights under their module names, detached (a checkpoint's old.safetensors)."""
+    return {n: p.detach().clone() for n, p in _adapter_params(transformer, OLD_ADAPTER).items()}
+
+
+def load_old_adapter_state_dict(transformer: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    params = _adapter_params(transformer, OLD_ADAPTER)
+    if set(state) != set(params):
+        raise ValueError(
+            f"old-adapter state does not match the model's: missing {sorted(set(params) - set(state))[:3]}, "
+            f"unexpected {sorted(set(state) - set(params))[:3]}"
+        )
+    with torch.no_grad():
+        for name, value in state.items():
+            params[name].copy_(value)
