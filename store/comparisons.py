@@ -29,6 +29,16 @@ class VariantRun:
     seed: int | None = None
 
 
+def variant_preset(preset: str | None, overrides: Mapping[str, Any]) -> str | None:
+    """What a variant run is, for its `preset` field: the base preset and the variant's overrides, e.g.
+    'shapes-dppo + loss=clip' (the clip run of a shapes-dppo comparison is not shapes-dppo), cut to the column."""
+    if preset is None or not overrides:
+        return preset
+    text = f"{preset} + " + ", ".join(f"{key}={value}" for key, value in overrides.items())
+    limit = Run.__table__.c.preset.type.length
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def create_comparison(
     session: Session,
     *,
@@ -68,7 +78,7 @@ def create_comparison(
             config=v.config,
             name=f"{name} / {v.name}" + (f" / seed {v.seed}" if v.seed is not None else ""),
             tags=tags,
-            preset=preset,
+            preset=variant_preset(preset, v.overrides),
             max_attempts=max_attempts,
             comparison_id=comparison.id,
             variant=v.name,

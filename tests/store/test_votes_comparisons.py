@@ -84,3 +84,12 @@ def test_comparison_creates_variant_runs_in_one_transaction(session):
         comparisons.create_comparison(
             session, team_id=team.id, name="x", base_config=base, variants=[comparisons.VariantRun("a", base)] * 2
         )
+
+
+def test_a_variant_run_names_its_overrides_after_the_preset_within_the_column():
+    from store.comparisons import variant_preset
+
+    assert variant_preset("shapes-dppo", {"loss": "clip"}) == "shapes-dppo + loss=clip"
+    assert variant_preset("shapes-dppo", {}) == "shapes-dppo" and variant_preset(None, {"loss": "clip"}) is None
+    long = variant_preset("shapes-dppo", {f"k{i}": "v" * 20 for i in range(10)})
+    assert len(long) == 100 and long.endswith("…")

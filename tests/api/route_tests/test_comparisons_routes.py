@@ -21,6 +21,8 @@ def test_create_and_read_back_aligned(client, services, session, team):
     runs = {run["variant"]: run for run in comparison["runs"]}
     assert set(runs) == {"clip", "dppo"}
     assert runs["clip"]["config"]["loss"] == "clip" and runs["dppo"]["config"]["loss"] == "dppo"
+    # what each run is, not the base preset alone (the clip run is not shapes-dppo)
+    assert (runs["clip"]["preset"], runs["dppo"]["preset"]) == ("shapes-dppo + loss=clip", "shapes-dppo + loss=dppo")
     assert runs["clip"]["config"]["seed"] == runs["dppo"]["config"]["seed"]
     assert all(run["comparison_id"] == comparison["id"] for run in runs.values())
     for run in runs.values():
