@@ -9,6 +9,7 @@ from fastapi import Depends, HTTPException, Path, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from api.schemas import DbId, RunFilter, RunKind, RunStatus, Tag
 from api.services import Services
 from api.services import runs as run_service
 from api.services import teams as team_service
@@ -60,10 +61,24 @@ AdminTeam = Annotated[Principal, Depends(get_admin)]
 
 
 def get_run_for_team(
-    session: SessionDep, team: CurrentTeam, run_id: Annotated[int, Path(description="The run's id.")]
+    session: SessionDep, team: CurrentTeam, run_id: Annotated[DbId, Path(description="The run's id.")]
 ) -> Run:
     """The one ownership check of every /runs/{run_id}/... route: another team's run is a 404."""
     return run_service.get_owned_run(session, team_id=team.team_id, run_id=run_id)
 
 
 RunForTeam = Annotated[Run, Depends(get_run_for_team)]
+
+
+def run_filter(
+    status: RunStatus | None = None,
+    kind: RunKind | None = None,
+    tag: Tag | None = None,
+    comparison_id: DbId | None = None,
+    parent_run_id: DbId | None = None,
+) -> RunFilter:
+    """GET /runs' query parameters, typed and bounded as the columns they are compared with (docs/limits.md)."""
+    return RunFilter(status=status, kind=kind, tag=tag, comparison_id=comparison_id, parent_run_id=parent_run_id)
+
+
+RunFilterQuery = Annotated[RunFilter, Depends(run_filter)]

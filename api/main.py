@@ -10,9 +10,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from api.error_bodies import request_validation_error, safe_errors
 from api.routes import comparisons, health, metrics, presets, reviews, runs, samples, teams, workers
 from api.services import Services
 from api.services.errors import InvalidConfigError, ServiceError
@@ -48,10 +49,11 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.state.services = services
     app.include_router(api_router(), prefix=settings.API_V1_STR)
     app.add_exception_handler(ServiceError, _service_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, request_validation_error)  # type: ignore[arg-type]
     return app
 
 
 def _service_error(request: Request, err: ServiceError) -> JSONResponse:
     if isinstance(err, InvalidConfigError):  # the shape of FastAPI's own 422s: a list of {loc, msg, type, input}
-        return JSONResponse(status_code=err.status_code, content={"detail": jsonable_encoder(err.errors)})
+        return JSONResponse(status_code=err.status_code, content={"detail": safe_errors(err.errors)})
     return JSONResponse(status_code=err.status_code, content={"detail": err.message})

@@ -5,17 +5,40 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from annotated_types import Interval
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # The run enums and filter are the store's, one definition for store, services, REST, client, CLI and dashboard
 # (re-exported here for ui/, which goes through api/).
 from store.enums import ACTIVE_STATUSES as ACTIVE_STATUSES
 from store.enums import FINISHED_STATUSES as FINISHED_STATUSES
 from store.enums import RunKind, RunStatus
+from store.models import Comparison, ReviewVote, Run, Team
 from store.runs import RunFilter as RunFilter
-from trainer.config import TrainConfig
+from trainer.config import MAX_SEED, TrainConfig
+from trainer.text import Text, check_json
 
 VoteChoice = Literal["left", "right", "tie"]
+
+# --- bounded inputs (docs/limits.md): every id, count and string a request carries fits the column that holds it ---
+INT32_MAX = 2**31 - 1  # INTEGER columns: PostgreSQL's are 32-bit (SQLite's hold 64 bits)
+INT64_MAX = 2**63 - 1  # BIGINT columns
+DbId = Annotated[int, Interval(ge=1, le=INT32_MAX)]  # runs, comparisons, checkpoints, teams (INTEGER keys)
+BigDbId = Annotated[int, Interval(ge=1, le=INT64_MAX)]  # samples, run events, votes (BIGINT keys on PostgreSQL)
+StepQuery = Annotated[int, Interval(ge=-(2**31), le=INT32_MAX)]  # a step filter: metrics/samples.step are INTEGER
+MAX_TAGS = 32  # tags per run
+MAX_VARIANTS = 256  # variants per comparison as parsed; the runs one may queue: Settings.MAX_SWEEP_RUNS
+MAX_OVERRIDES = 200  # dotted keys per overrides object
+RunName = Text(Run.__table__.c.name.type.length)
+PresetName = Text(Run.__table__.c.preset.type.length)
+Tag = Text(64, min_length=1)
+VariantName = Text(Run.__table__.c.variant.type.length, min_length=1)
+ComparisonName = Text(Comparison.__table__.c.name.type.length)
+ReviewerName = Text(ReviewVote.__table__.c.reviewer.type.length)
+TeamName = Text(Team.__table__.c.name.type.length, min_length=1)
+MetricKey = Text(200)  # metrics.key is String(200)
+# Dotted keys -> values; each value is then checked by the TrainConfig/EvalConfig field it sets (a 422 naming it).
+Overrides = Annotated[dict[str, Any], Field(max_length=MAX_OVERRIDES)]
 
 
 class _Out(BaseModel):
@@ -28,11 +51,11 @@ class RunCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    preset: str | None = Field(None, description="Preset name (GET /presets), e.g. 'shapes-dppo'.")
+    preset: PresetName | None = Field(None, description="Preset name (GET /presets), e.g. 'shapes-dppo'.")
     config: TrainConfig | None = Field(None, description="A full config; omitted fields take their defaults.")
-    overrides: dict[str, Any] = Field(default_factory=dict, description="Dotted keys applied last, e.g. {'steps': 5}.")
-    name: str = Field("", max_length=200)
-    tags: list[str] = Field(default_factory=list)
+    overrides: Overrides = Field(default_factory=dict, description="Dotted keys applied last, e.g. {'steps': 5}.")
+    name: RunName = ""
+    tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS)
 
     @model_validator(mode="after")
     def _one_source(self) -> RunCreate:
@@ -92,11 +115,11 @@ class EvaluateCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    checkpoint_id: int | None = Field(None, description="A checkpoint of this run; null = the base model.")
-    overrides: dict[str, Any] = Field(
+    checkpoint_id: DbId | None = Field(None, description="A checkpoint of this run; null = the base model.")
+    overrides: Overrides = Field(
         default_factory=dict, description="EvalConfig fields, e.g. {'num_prompts': 8, 'samples_per_prompt': 2}."
     )
-    name: str = Field("", max_length=200)
+    name: RunName = ""
 
 
 # --- metrics ---
@@ -174,25 +197,28 @@ class ComparisonCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field("", max_length=200)
-    preset: str | None = None
+    name: ComparisonName = ""
+    preset: PresetName | None = None
     config: TrainConfig | None = None
-    overrides: dict[str, Any] = Field(default_factory=dict, description="Applied to the base before each variant.")
-    variants: dict[str, dict[str, Any]] = Field(
+    overrides: Overrides = Field(default_factory=dict, description="Applied to the base before each variant.")
+    variants: dict[VariantName, Overrides] = Field(
         min_length=1,
+        max_length=MAX_VARIANTS,
         description="Variant name -> overrides, e.g. {'clip': {'loss': 'clip'}, 'dppo': {'loss': 'dppo'}}.",
     )
-    tags: list[str] = Field(default_factory=list)
-    seeds: list[Annotated[int, Field(ge=0)]] | None = Field(
+    tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS)
+    seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] | None = Field(
         None, min_length=1, max_length=64, description="Sweep seeds, e.g. [0, 1, 2]; null = the config's seed."
     )
-    grid: dict[str, list[Any]] = Field(
+    grid: dict[Text(200), Annotated[list[Any], AfterValidator(check_json)]] = Field(
         default_factory=dict,
         max_length=4,
         description="Dotted key -> values, crossed with the variants, e.g. {'delta': [1e-5, 1e-6, 1e-7]}.",
     )
-    grid_variants: list[str] | None = Field(
-        None, description="The variants the grid applies to (others run once per seed); null = every variant."
+    grid_variants: list[VariantName] | None = Field(
+        None,
+        max_length=MAX_VARIANTS,
+        description="The variants the grid applies to (others run once per seed); null = every variant.",
     )
 
     @field_validator("seeds")
@@ -265,10 +291,10 @@ class ReviewPair(BaseModel):
 class VoteCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    left_sample_id: int
-    right_sample_id: int
+    left_sample_id: BigDbId
+    right_sample_id: BigDbId
     choice: VoteChoice
-    reviewer: str = Field("anonymous", max_length=200)
+    reviewer: ReviewerName = "anonymous"
 
 
 class VotePublic(_Out):
@@ -306,7 +332,7 @@ class TeamPublic(_Out):
 class TeamCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=128)
+    name: TeamName
     admin: bool = False
 
 

@@ -28,6 +28,8 @@ class Settings(PlatformSettings):
     PROJECT_NAME: str = "flowdppo"
     SSE_POLL_SECONDS: float = 0.5  # how often the live stream looks for new points (the DB is the truth)
     MAX_SWEEP_RUNS: int = Field(64, ge=1)  # runs one comparison may queue: variants x grid points x seeds
+    # Queued runs one team may have at once; a submission past it is a 429 (docs/limits.md). 0 = no cap.
+    MAX_QUEUED_RUNS_PER_TEAM: int = Field(100, ge=0)
 
     @model_validator(mode="after")
     def _fill_input_roots_and_check_secret(self) -> Settings:

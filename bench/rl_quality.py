@@ -15,7 +15,7 @@ import argparse
 import statistics
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 
 SETTINGS = {
     "I=1 (preset)": {},
@@ -102,7 +102,15 @@ def main() -> None:
             job: pool.submit(run_one, METHODS[job[1]], SETTINGS[job[0]], job[2], args.steps, args.eval_every)
             for job in jobs
         }
-        results = {job: f.result() for job, f in futures.items()}
+        results = {}
+        for future in as_completed(futures.values()):  # one line per finished run: a partial table survives a kill
+            job = next(j for j, f in futures.items() if f is future)
+            results[job] = r = future.result()
+            print(
+                f"done {job[0]} | {job[1]} | seed {job[2]}: base {r['base']:.3f} final {r['final']:.3f} best "
+                f"{r['best']:.3f} kl_ref {r['kl_ref']:.2e} {r['constraint']} {r['fraction']:.3f} {r['time']:.0f}s",
+                flush=True,
+            )
     print(f"\nheld-out verifier reward (ODE, 40 steps), {args.steps} RL steps, {args.seeds} seeds, mean±std")
     header = (
         f"{'setting':24s} {'method':17s} {'base':>12s} {'final':>12s} {'best':>12s} {'KL_ref e-3':>12s} "

@@ -142,7 +142,7 @@ def bench_comparison(services: Services, team_id: int, repeats: int = 10) -> lis
     with services.session() as session:
 
         class NoQueue:  # the rows are what we time; no worker should run these
-            def enqueue_run(self, *, run_id: int, kind: str) -> None:
+            def enqueue_run(self, *, run_id: int, kind: str, attempt: int = 1) -> None:
                 pass
 
         comparison = comparison_service.create_comparison(  # type: ignore[arg-type]

@@ -26,6 +26,13 @@ class Queue(StrEnum):
 # The worker registers its tasks under these names; the API sends jobs by name, never importing worker/.
 TASK_NAMES: dict[Queue, str] = {Queue.TRAIN: "worker.tasks.train_run", Queue.EVAL: "worker.tasks.evaluate_run"}
 
+
+def task_id(run_id: int, attempt: int) -> str:
+    """The Celery task id of a run's job for one attempt: known to whoever cancels the run, so the API can revoke a
+    queued run's message and the workers drop it unopened (a new attempt is a new message with a new id)."""
+    return f"run-{run_id}-attempt-{attempt}"
+
+
 DEFAULT_VISIBILITY_TIMEOUT = 172_800  # seconds (48 h): above the longest run
 DEFAULT_POLL_SECONDS = 0.5
 

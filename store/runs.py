@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, Select, delete, select, text, type_coerce
+from sqlalchemy import ColumnElement, Row, Select, delete, func, select, text, type_coerce
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
@@ -182,6 +182,14 @@ def list_run_rows(
 def active_runs(session: Session) -> list[Run]:
     """Every running run, for the workers view (run.worker names the Celery worker)."""
     return list(session.scalars(select(Run).where(Run.status == RunStatus.RUNNING).order_by(Run.id)))
+
+
+def count_queued(session: Session, *, team_id: int) -> int:
+    """The team's queued runs that are not being cancelled (the API's per-team cap, docs/limits.md)."""
+    query = select(func.count()).where(
+        Run.team_id == team_id, Run.status == RunStatus.QUEUED, Run.cancel_requested.is_(False)
+    )
+    return int(session.scalar(query) or 0)
 
 
 def _where(session: Session, *, team_id: int | None, filters: RunFilter) -> list[ColumnElement[bool]]:

@@ -36,6 +36,11 @@ class PlatformSettings(BaseSettings):
     BROKER_POLL_SECONDS: float = Field(
         DEFAULT_POLL_SECONDS, gt=0, description="Filesystem transport: how often queues are polled."
     )
+    REMOTE_REWARD_HOSTS: str = Field(
+        "",
+        description="Comma-separated host or host:port a 'remote' reward may call, checked by the API at submission "
+        "and by the worker before each request; '' = remote rewards refused (docs/limits.md).",
+    )
 
     @model_validator(mode="after")
     def _fill_urls(self) -> PlatformSettings:
@@ -46,6 +51,11 @@ class PlatformSettings(BaseSettings):
         if not self.BROKER_URL:
             self.BROKER_URL = EMBEDDED_BROKER_URL
         return self
+
+    @property
+    def remote_reward_hosts(self) -> list[str]:
+        """REMOTE_REWARD_HOSTS as a list of `host` / `host:port` entries."""
+        return [host.strip() for host in self.REMOTE_REWARD_HOSTS.split(",") if host.strip()]
 
     @property
     def broker_folder(self) -> Path:

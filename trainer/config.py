@@ -17,12 +17,15 @@ from trainer.models.families import FAMILIES
 from trainer.prompts import check_prompt_spec
 from trainer.rewards.registry import check_reward_options
 from trainer.sampling import SDE_KINDS, TRANSITIONS
+from trainer.text import JsonDict, Text, check_text
 from trainer.trackers import TrackerSpec
 
 LossName = Literal[tuple(LOSSES)]  # the loss registry's names: "dppo", "clip", "none"
 DppoMask = Literal[DPPO_MASKS]  # spec §9: "asymmetric", "symmetric", "first_order"
 SamplerName = Literal[SDE_KINDS]  # the sampler registry's stochastic kinds: "flow_sde", "cps"
-PromptSpec = Annotated[str, AfterValidator(check_prompt_spec)]  # "shapes:<split>" or "file:<path>"
+# "shapes:<split>" or "file:<path>"
+PromptSpec = Annotated[str, Field(max_length=1000), AfterValidator(check_text), AfterValidator(check_prompt_spec)]
+MAX_SEED = 2**31 - 1  # a seed plus a sample index fits every seed column (samples.seed is 64-bit)
 ModelFamily = Literal[tuple(FAMILIES)]  # the family table's names: "builtin", "sd3", "flux"
 
 
@@ -46,12 +49,13 @@ TrackersField = _form_group("trackers")
 class RewardSpec(BaseModel):
     """One reward term. Weight 0 means computed and logged but not trained on (a reward-hacking monitor)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    name: str = Field(description="Registered reward name, e.g. 'shapes', 'jpeg_compressibility', 'pickscore'.")
+    name: Text(100) = Field(description="Registered reward name, e.g. 'shapes', 'jpeg_compressibility', 'pickscore'.")
     weight: float = Field(1.0, ge=0.0, description="Weight in the aggregate (spec §5). 0 = monitor only.")
-    options: dict[str, Any] = Field(
+    options: JsonDict = Field(
         default_factory=dict,
+        max_length=32,
         description="Reward-specific options, e.g. {'path': '/models/pickscore'} or {'url': ...}.",
     )
 
@@ -64,11 +68,12 @@ class RewardSpec(BaseModel):
 class TrainConfig(BaseModel):
     """Every knob of a training run (spec/algorithm.md). Unknown keys and out-of-range values are refused."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: NaN, Infinity and 1e400 (inf once parsed) are refused in every float field
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     # --- run ---
     seed: int = RunField(
-        0, ge=0, description="Seeds the SDE-window draws, the initial noise and the minibatch shuffles."
+        0, ge=0, le=MAX_SEED, description="Seeds the SDE-window draws, the initial noise and the minibatch shuffles."
     )
     steps: int = RunField(100, ge=1, le=1_000_000, description="Number of RL iterations (rollout + update).")
 
@@ -76,7 +81,7 @@ class TrainConfig(BaseModel):
     model: ModelFamily = ModelField(
         "builtin", description="Model family: the built-in tiny model, SD3/SD3.5 or FLUX.1."
     )
-    model_path: str | None = ModelField(
+    model_path: Text(1000) | None = ModelField(
         None, description="Local directory (or hub id when online) of the base model; builtin: None = shipped base."
     )
     resolution: int = ModelField(32, ge=16, le=2048, description="Image side in pixels (builtin: 32).")
@@ -84,8 +89,8 @@ class TrainConfig(BaseModel):
         None, ge=0, le=1024, description="LoRA rank; 0 = full fine-tuning; None = builtin 0, SD3 32 (spec §6), FLUX 64"
     )
     lora_alpha: float | None = ModelField(None, gt=0, description="LoRA alpha; None = 2 x rank (spec §6: 64 for SD3).")
-    lora_target_modules: list[str] | None = ModelField(
-        None, description="LoRA target modules; None = the family default."
+    lora_target_modules: list[Text(200)] | None = ModelField(
+        None, max_length=64, description="LoRA target modules; None = the family default."
     )
     mixed_precision: Literal["no", "fp16", "bf16"] = ModelField(
         "no", description="Model weights/activations dtype; transition math stays float32 (spec §2)."
@@ -173,7 +178,10 @@ class TrainConfig(BaseModel):
         2, ge=1, le=1024, description="M: optimizer steps per inner epoch (spec §6)."
     )
     micro_batch_size: int | None = OptimisationField(
-        None, ge=1, description="Samples per forward/backward chunk (gradient accumulation); None = whole minibatch."
+        None,
+        ge=1,
+        le=1_000_000,
+        description="Samples per forward/backward chunk (gradient accumulation); None = whole minibatch.",
     )
     max_grad_norm: float = OptimisationField(1.0, gt=0.0, description="Gradient norm clip (spec §6: 1.0).")
     ema_decay: float | None = OptimisationField(
@@ -181,7 +189,9 @@ class TrainConfig(BaseModel):
     )
 
     # --- evaluation, samples, checkpoints ---
-    eval_every: int = EvaluationField(10, ge=0, description="Evaluate on held-out prompts every N steps (0 = never).")
+    eval_every: int = EvaluationField(
+        10, ge=0, le=1_000_000, description="Evaluate on held-out prompts every N steps (0 = never)."
+    )
     eval_num_samples: int = EvaluationField(
         36, ge=1, le=10_000, description="Held-out images per evaluation: the prompt set cycled, seed = index."
     )
@@ -189,12 +199,14 @@ class TrainConfig(BaseModel):
     eval_guidance_scale: float | None = EvaluationField(
         None, ge=1.0, le=30.0, description="CFG at evaluation; None = builtin 1.0, SD3.5 4.5, FLUX 3.5."
     )
-    sample_every: int = EvaluationField(10, ge=0, description="Log sample images every N steps (0 = never).")
+    sample_every: int = EvaluationField(
+        10, ge=0, le=1_000_000, description="Log sample images every N steps (0 = never)."
+    )
     num_logged_samples: int = EvaluationField(
         8, ge=0, le=256, description="Images logged each time (fixed prompts and seeds)."
     )
     checkpoint_every: int = EvaluationField(
-        10, ge=0, description="Write a resumable checkpoint every N steps (0 = end only)."
+        10, ge=0, le=1_000_000, description="Write a resumable checkpoint every N steps (0 = end only)."
     )
 
     # --- trackers (docs/trackers.md) ---
@@ -317,8 +329,18 @@ class TrainConfig(BaseModel):
         names = [r.name for r in self.rewards]
         if len(set(names)) != len(names):
             raise ValueError(f"rewards: each reward name may appear once, got {names}")
-        if FAMILIES[self.model].needs_model_path and not self.model_path:
+        family = FAMILIES[self.model]
+        if family.needs_model_path and not self.model_path:
             raise ValueError(f"model_path is required for model={self.model!r} (a local directory with the weights)")
+        low, high = family.resolutions
+        if not low <= self.resolution <= high:
+            allowed = str(low) if low == high else f"{low} to {high}"
+            raise ValueError(f"resolution={self.resolution}: model={self.model!r} generates {allowed} pixels")
+        if self.rollout_batch_size > family.max_rollout_batch:
+            raise ValueError(
+                f"prompts_per_step*group_size={self.prompts_per_step}*{self.group_size}={self.rollout_batch_size}: "
+                f"a rollout of model={self.model!r} holds at most {family.max_rollout_batch} samples"
+            )
         check_loss_fields(self)  # spec §9-11: a knob of another method, or one this loss ignores
         return self
 
@@ -344,13 +366,13 @@ class TrainConfig(BaseModel):
 class EvalConfig(BaseModel):
     """An evaluation job: a checkpoint (or the base model) on fixed prompts with fixed seeds, ODE sampler."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     train: TrainConfig = Field(description="The run's training config (model, LoRA layout, rewards).")
     prompts: PromptSpec | None = Field(None, description="Prompt set; None = the run's eval_prompts.")
     num_prompts: int = Field(32, ge=1, le=10_000, description="Prompts taken from the set, in order.")
     samples_per_prompt: int = Field(1, ge=1, le=64, description="Seeds per prompt: seed, seed+1, ...")
-    seed: int = Field(0, ge=0, description="First seed of the fixed evaluation noise.")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="First seed of the fixed evaluation noise.")
     num_steps: int = Field(40, ge=2, le=1000, description="ODE steps (spec §6: 40).")
     guidance_scale: float | None = Field(
         None, ge=1.0, le=30.0, description="CFG scale; None = the run's eval_guidance_scale (SD3.5: 4.5)."
@@ -367,16 +389,29 @@ class EvalConfig(BaseModel):
         return self.guidance_scale if self.guidance_scale is not None else self.train.effective_eval_guidance_scale
 
 
+class OverrideError(ValueError):
+    """A dotted override that names no place in the config (e.g. `steps.a`: steps is a number, not an object)."""
+
+    def __init__(self, key: str, problem: str):
+        super().__init__(f"override {key!r}: {problem}")
+        self.key = key
+
+
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
     node: Any = data
-    for part in parts[:-1]:
-        node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
-    last = parts[-1]
-    if isinstance(node, list):
-        node[int(last)] = value
-    else:
-        node[last] = value
+    for i, part in enumerate(parts):
+        where = ".".join(parts[:i]) or "the config"
+        if isinstance(node, list):
+            if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
+                raise OverrideError(key, f"{where} is a list of {len(node)}; {part!r} is not one of its indices")
+            part = int(part)
+        elif not isinstance(node, dict):
+            raise OverrideError(key, f"{where} is {type(node).__name__} {node!r}, not an object with field {part!r}")
+        if i == len(parts) - 1:
+            node[part] = value
+        else:
+            node = node.setdefault(part, {}) if isinstance(node, dict) else node[part]
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:

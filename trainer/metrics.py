@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 # key -> meaning. `<name>` stands for each configured reward (monitors with weight 0 included).
 METRICS: dict[str, str] = {
     "reward/<name>/mean": "Mean of one reward over the rollout batch.",
@@ -43,3 +45,16 @@ METRICS: dict[str, str] = {
 
 # Keys that measure wall time and so differ between otherwise identical runs.
 TIMING_PREFIXES = ("time/", "throughput/")
+
+# A step whose value of one of these is NaN or infinite has diverged: its update is garbage, and so is every later one.
+MUST_BE_FINITE = ("loss/total", "grad_norm")
+
+
+def check_finite(step: int, metrics: dict[str, float], keys: tuple[str, ...] = MUST_BE_FINITE) -> None:
+    """Raise FloatingPointError naming the step and the metric when one of `keys` is not a finite number."""
+    bad = {key: metrics[key] for key in keys if key in metrics and not math.isfinite(metrics[key])}
+    if bad:
+        values = ", ".join(f"{key}={value}" for key, value in bad.items())
+        raise FloatingPointError(
+            f"step {step}: {values}: training diverged (try a lower learning_rate or beta; check the rewards)"
+        )

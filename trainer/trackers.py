@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from trainer.callbacks import Callback, NullCallback, Sample
+from trainer.hosts import host_allowed, url_host
 from trainer.tracker_backends import EXTRA_HINT, MLflowMirror, TensorBoardMirror, flatten_params
 
 __all__ = ["EXTRA_HINT", "MLflowMirror", "TensorBoardMirror", "flatten_params"]  # the writers, re-exported
@@ -87,14 +88,8 @@ def _check_relative(path: str, what: str) -> None:
 
 def refused_hosts(specs: Sequence[TrackerSpec], allowed: Sequence[str]) -> list[str]:
     """`host[:port]` of each remote MLflow server in `specs` not in `allowed` (`host` there allows every port)."""
-    allowed, refused = {a.lower() for a in allowed}, []
-    for spec in specs:
-        if spec.kind == "mlflow" and spec.local_path(Path(".")) is None:
-            parts = urlsplit(spec.uri)
-            host = f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
-            if host.lower() not in allowed and str(parts.hostname).lower() not in allowed:
-                refused.append(host)
-    return refused
+    remote = [spec.uri for spec in specs if spec.kind == "mlflow" and spec.local_path(Path(".")) is None]
+    return [url_host(uri) for uri in remote if not host_allowed(uri, allowed)]  # the rule of trainer/hosts.py
 
 
 # --- guarding: failures warn, never fail or slow the run ---

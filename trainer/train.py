@@ -15,6 +15,7 @@ from trainer.config import TrainConfig
 from trainer.divergence import gaussian_kl
 from trainer.evaluate import build_rewards, evaluation_metrics, logged_samples, score_images
 from trainer.losses import LOSSES, LossInputs, compute_loss
+from trainer.metrics import check_finite
 from trainer.models.base import FlowModel, select_embeds
 from trainer.models.families import load_model
 from trainer.nft import collect_ode_rollout, nft_update
@@ -94,6 +95,7 @@ def train(
         t3 = time.perf_counter()
         # 5. report: metrics, held-out evaluation, samples, checkpoint
         metrics.update(_timing(t0, t1, t2, t3, len(rollout.prompts)))
+        check_finite(state.step, metrics)  # a diverged step fails the run, naming the step and the metric
         _report(run, state, metrics)
     if stopped and state.step > start:
         _checkpoint(run, state)

@@ -93,6 +93,7 @@ def evaluate(services: Services, token: str | None, run_id: int | None, checkpoi
             input_roots=services.settings.INPUT_ROOTS,
             run=row,
             body=EvaluateCreate(checkpoint_id=_checkpoint_id(checkpoint)),
+            max_queued=services.settings.MAX_QUEUED_RUNS_PER_TEAM,
         )
     return f"Evaluation run #{created.id} queued ({created.name})."
 

@@ -80,7 +80,7 @@ def cancel_run(services: Services, token: str | None, run_id: int | None) -> str
         raise gr.Error("Select a run first (click its row).")
     with team_session(services, token) as (session, principal):
         (run,) = owned_runs(session, principal, [int(run_id)])
-        updated = run_service.cancel_run(session, run=run)
+        updated = run_service.cancel_run(session, run=run, queue=services.queue)
     if updated.status == RunStatus.CANCELLED:
         return f"Run #{updated.id} cancelled."
     return f"Run #{updated.id}: cancel requested; it stops after its current step."

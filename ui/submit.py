@@ -184,7 +184,13 @@ def submit(
             return [r.id for r in group.runs]
         run = RunCreate(name=name, preset=preset, overrides=overrides, tags=tag_list)
         created = run_service.create_run(
-            session, queue=services.queue, input_roots=roots, team_id=principal.team_id, body=run
+            session,
+            queue=services.queue,
+            input_roots=roots,
+            team_id=principal.team_id,
+            body=run,
+            reward_hosts=services.settings.remote_reward_hosts,
+            max_queued=services.settings.MAX_QUEUED_RUNS_PER_TEAM,
         )
         return [created.id]
 

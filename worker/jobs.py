@@ -25,10 +25,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from store import artifacts, checkpoints, lifecycle, metrics, runs, samples
-from store.enums import RunStatus
+from store.enums import FINISHED_STATUSES, RunStatus
 from store.models import Run
 from trainer.callbacks import Sample
 from trainer.config import EvalConfig, TrainConfig, format_validation_error
+from trainer.rewards.remote import reward_hosts
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,8 @@ class JobContext:
     # checkpoints, and its run is queued again and re-sent through `enqueue(run_id, kind)`.
     shutting_down: Callable[[], bool] = lambda: False
     enqueue: Callable[[int, str], None] | None = None
+    # The hosts a remote reward may call (REMOTE_REWARD_HOSTS); empty = none. Checked before every request.
+    reward_hosts: tuple[str, ...] = ()
 
 
 class StoreCallback:
@@ -175,6 +178,17 @@ class Heartbeat:
         self.thread.join(timeout=10)
 
 
+def nothing_to_do(run_id: int, session_factory: sessionmaker[Session]) -> bool:
+    """True when the run's job has nothing to do (the run is gone, finished or cancelled), after one query and
+    before the job context or anything heavy is built: a cancelled run's message costs next to nothing."""
+    with session_factory() as session:
+        run = runs.get_run(session, run_id=run_id)
+        if run is not None and run.status not in FINISHED_STATUSES:
+            return False
+    log.info("skipping run %s (%s)", run_id, "deleted" if run is None else run.status)
+    return True
+
+
 def run_training(run_id: int, *, ctx: JobContext, train_fn: Callable[..., Any] | None = None) -> Outcome:
     """Train run `run_id` (re-read from the store) into its artifact folder, resuming from its latest checkpoint."""
     return _execute(run_id, ctx, functools.partial(_training_job, ctx=ctx, train_fn=train_fn))
@@ -211,7 +225,7 @@ def _execute(run_id: int, ctx: JobContext, prepare: Callable[[Run], _Job]) -> Ou
         job.callback.close()
         return _preempt(ctx, run)
     try:
-        with Heartbeat(ctx, run, job.callback):
+        with Heartbeat(ctx, run, job.callback), reward_hosts(ctx.reward_hosts):
             stopped = job.work()
     except Exception as err:  # the job boundary: any trainer error becomes the run's error, shown in the UI
         return _fail(ctx, run, _describe(err))

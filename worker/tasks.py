@@ -42,6 +42,7 @@ def job_context(task: Task) -> jobs.JobContext:
         stale_after=settings.stale_after,
         shutting_down=shutdown.requested,
         enqueue=lambda run_id, kind: enqueue_run(run_id, kind, celery_app=task.app),
+        reward_hosts=tuple(settings.remote_reward_hosts),
     )
 
 
@@ -58,6 +59,8 @@ def _not_while_stopping() -> None:
 @app.task(bind=True, name="worker.tasks.train_run")
 def train_run(self: Task, run_id: int) -> str:
     _not_while_stopping()
+    if jobs.nothing_to_do(int(run_id), _settings_and_sessions()[1]):  # type: ignore[arg-type]
+        return jobs.Outcome.SKIPPED.value  # cancelled while queued (and the revoke missed this worker)
     with shutdown.preemptible():  # SIGTERM: stop after the current step, checkpoint, requeue (worker/shutdown.py)
         outcome = jobs.run_training(int(run_id), ctx=job_context(self))
     log.info("train run %s: %s", run_id, outcome)
@@ -67,6 +70,8 @@ def train_run(self: Task, run_id: int) -> str:
 @app.task(bind=True, name="worker.tasks.evaluate_run")
 def evaluate_run(self: Task, run_id: int) -> str:
     _not_while_stopping()
+    if jobs.nothing_to_do(int(run_id), _settings_and_sessions()[1]):  # type: ignore[arg-type]
+        return jobs.Outcome.SKIPPED.value
     with shutdown.preemptible():
         outcome = jobs.run_evaluation(int(run_id), ctx=job_context(self))
     log.info("eval run %s: %s", run_id, outcome)

@@ -10,12 +10,15 @@ from fastapi import APIRouter, Query
 from sse_starlette import EventSourceResponse
 
 from api.deps import CurrentTeam, RunForTeam, ServicesDep, SessionDep
-from api.schemas import MetricsPublic, SummariesPublic
+from api.routes.responses import errors
+from api.schemas import DbId, MetricKey, MetricsPublic, StepQuery, SummariesPublic
 from api.services import metrics as service
 from api.services.runs import get_owned_run
 
-router = APIRouter(tags=["metrics"])
+router = APIRouter(tags=["metrics"], responses=errors(401, 404))
 MaxPoints = Annotated[int, Query(ge=1, le=service.MAX_POINTS_LIMIT)]
+Keys = Annotated[list[MetricKey] | None, Query(max_length=1000, description="Repeat for several keys; omitted = all.")]
+RunIds = Annotated[list[DbId], Query(min_length=1, max_length=100, description="Repeat for several runs.")]
 
 
 @router.get("/runs/{run_id}/metrics/keys")
@@ -27,9 +30,9 @@ def metric_keys(run: RunForTeam, session: SessionDep) -> list[str]:
 def run_metrics(
     run: RunForTeam,
     session: SessionDep,
-    key: Annotated[list[str] | None, Query(description="Repeat for several keys; omitted = all keys.")] = None,
-    step_min: int | None = None,
-    step_max: int | None = None,
+    key: Keys = None,
+    step_min: StepQuery | None = None,
+    step_max: StepQuery | None = None,
     max_points: MaxPoints = 1000,
 ) -> MetricsPublic:
     """At most `max_points` buckets per series, each with the last, min and max value."""
@@ -42,10 +45,10 @@ def run_metrics(
 def metrics_of_runs(
     session: SessionDep,
     team: CurrentTeam,
-    run_id: Annotated[list[int], Query(description="Repeat for several runs.")],
-    key: Annotated[list[str] | None, Query()] = None,
-    step_min: int | None = None,
-    step_max: int | None = None,
+    run_id: RunIds,
+    key: Keys = None,
+    step_min: StepQuery | None = None,
+    step_max: StepQuery | None = None,
     max_points: MaxPoints = 1000,
 ) -> MetricsPublic:
     """Several runs at once, with one bucket width for all so that their series line up."""
@@ -59,9 +62,10 @@ def metrics_of_runs(
 def summaries(
     session: SessionDep,
     team: CurrentTeam,
-    run_id: Annotated[list[int], Query()],
+    run_id: RunIds,
     key: Annotated[
-        list[str] | None, Query(description="Default: reward, KL to reference, mask/clip fractions.")
+        list[MetricKey] | None,
+        Query(max_length=1000, description="Default: reward, KL to reference, mask/clip fractions."),
     ] = None,
 ) -> SummariesPublic:
     """Final and best value of each key per run, and wall time (the `flowdppo compare` table)."""
@@ -70,7 +74,7 @@ def summaries(
 
 
 @router.get("/runs/{run_id}/metrics/stream", response_class=EventSourceResponse)
-def stream(run: RunForTeam, services: ServicesDep, after_step: int = -1) -> EventSourceResponse:
+def stream(run: RunForTeam, services: ServicesDep, after_step: StepQuery = -1) -> EventSourceResponse:
     """Server-sent events: `metrics` {step, values} per new step, `status` on change, `end` when the run is over."""
     return EventSourceResponse(_encoded(service.live_events(services, run_id=run.id, after_step=after_step)))
 

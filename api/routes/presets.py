@@ -5,10 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from api.deps import CurrentTeam
+from api.routes.responses import errors
 from api.schemas import PresetPublic
 from api.services import configs as service
 
-router = APIRouter(prefix="/presets", tags=["presets"])
+router = APIRouter(prefix="/presets", tags=["presets"], responses=errors(401))
 
 
 @router.get("")

@@ -6,14 +6,15 @@ from fastapi import APIRouter, Response
 from fastapi.responses import FileResponse, StreamingResponse
 
 from api.deps import RunForTeam, ServicesDep, SessionDep
-from api.schemas import CheckpointPublic, SamplePublic
+from api.routes.responses import errors
+from api.schemas import BigDbId, CheckpointPublic, DbId, SamplePublic, StepQuery
 from api.services import samples as service
 
-router = APIRouter(prefix="/runs/{run_id}", tags=["samples"])
+router = APIRouter(prefix="/runs/{run_id}", tags=["samples"], responses=errors(401, 404))
 
 
 @router.get("/samples")
-def list_samples(run: RunForTeam, session: SessionDep, step: int | None = None) -> list[SamplePublic]:
+def list_samples(run: RunForTeam, session: SessionDep, step: StepQuery | None = None) -> list[SamplePublic]:
     return service.list_samples(session, run=run, step=step)
 
 
@@ -25,7 +26,7 @@ def sample_steps(run: RunForTeam, session: SessionDep) -> list[int]:
 
 @router.get("/samples/{sample_id}/image", response_class=FileResponse, responses={200: {"content": {"image/png": {}}}})
 def sample_image(
-    run: RunForTeam, sample_id: int, session: SessionDep, services: ServicesDep, thumb: bool = False
+    run: RunForTeam, sample_id: BigDbId, session: SessionDep, services: ServicesDep, thumb: bool = False
 ) -> FileResponse:
     """The PNG (or its thumbnail)."""
     path = service.sample_image_path(
@@ -44,7 +45,7 @@ def list_checkpoints(run: RunForTeam, session: SessionDep) -> list[CheckpointPub
     response_class=StreamingResponse,
     responses={200: {"content": {"application/x-tar": {}}}},
 )
-def download_checkpoint(run: RunForTeam, checkpoint_id: int, session: SessionDep, services: ServicesDep) -> Response:
+def download_checkpoint(run: RunForTeam, checkpoint_id: DbId, session: SessionDep, services: ServicesDep) -> Response:
     """The checkpoint folder as an uncompressed tar (safetensors weights, optimizer state, state.json)."""
     path = service.checkpoint_path(session, run=run, checkpoint_id=checkpoint_id, data_dir=services.settings.DATA_DIR)
     if path.is_file():

@@ -5,10 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from api.deps import CurrentTeam, ServicesDep, SessionDep
+from api.routes.responses import errors
 from api.schemas import WorkerPublic
 from api.services import workers as service
 
-router = APIRouter(prefix="/workers", tags=["workers"])
+router = APIRouter(prefix="/workers", tags=["workers"], responses=errors(401))
 
 
 @router.get("")

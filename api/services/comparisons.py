@@ -20,7 +20,7 @@ from api.services.configs import resolve_train_config
 from api.services.errors import InvalidConfigError, NotFoundError
 from api.services.metrics import read_metrics
 from api.services.queue import TaskQueue
-from api.services.runs import enqueue
+from api.services.runs import check_queue_room, enqueue
 from api.services.sweeps import MAX_SWEEP_RUNS, sweep_runs
 from store import comparisons as store_comparisons
 from store.models import Comparison, Run
@@ -74,13 +74,20 @@ def create_comparison(
     team_id: int,
     body: ComparisonCreate,
     max_runs: int = MAX_SWEEP_RUNS,
+    reward_hosts: Sequence[str] = (),
+    max_queued: int = 0,
 ) -> ComparisonPublic:
     """Validate the base and every variant, grid point and seed (all errors at once; a sweep of more than
     `max_runs` runs is refused), store them in one transaction, then enqueue."""
     base = resolve_train_config(
-        preset=body.preset, config=body.config, overrides=body.overrides, input_roots=input_roots
+        preset=body.preset,
+        config=body.config,
+        overrides=body.overrides,
+        input_roots=input_roots,
+        reward_hosts=reward_hosts,
     )
-    variants = sweep_runs(base, body, input_roots=input_roots, max_runs=max_runs)
+    variants = sweep_runs(base, body, input_roots=input_roots, max_runs=max_runs, reward_hosts=reward_hosts)
+    check_queue_room(session, team_id=team_id, adding=len(variants), max_queued=max_queued)
     comparison, runs = store_comparisons.create_comparison(
         session,
         team_id=team_id,

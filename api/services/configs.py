@@ -2,7 +2,8 @@
 
 Beyond the trainer's own validation, every file a config names (a `file:` prompt set, model_path, a reward's
 `path`/`*_path` option) must lie inside one of the settings' INPUT_ROOTS: a worker reads these files, and what it
-fails to parse ends up in the run's error, readable by the team that submitted it.
+fails to parse ends up in the run's error, readable by the team that submitted it. Likewise a remote reward's URL
+must name a host of REMOTE_REWARD_HOSTS (`reward_hosts`; empty = remote rewards refused): the worker would call it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from pydantic import ValidationError
 
 from api.schemas import PresetPublic
 from api.services.errors import InvalidConfigError
-from trainer.config import EvalConfig, TrainConfig
+from trainer.config import EvalConfig, OverrideError, TrainConfig
+from trainer.hosts import refused_url
 from trainer.models.loading import is_hub_id
 from trainer.prompts import prompt_file
 from trainer.trackers import refused_hosts
@@ -35,6 +37,7 @@ def resolve_train_config(
     overrides: dict[str, Any],
     input_roots: Sequence[Path],
     loc: tuple[str, ...] = ("body",),
+    reward_hosts: Sequence[str] = (),
 ) -> TrainConfig:
     """The run's config: the preset (or the given config, or the defaults) with `overrides` applied last.
 
@@ -51,12 +54,19 @@ def resolve_train_config(
             )
         base = get_preset(preset)
     elif config is not None:
-        check_input_paths(config, input_roots=input_roots, loc=(*loc, "config"))
-    return apply_overrides(base, overrides, input_roots=input_roots, loc=(*loc, "overrides"))
+        check_input_paths(config, input_roots=input_roots, loc=(*loc, "config"), reward_hosts=reward_hosts)
+    return apply_overrides(
+        base, overrides, input_roots=input_roots, loc=(*loc, "overrides"), reward_hosts=reward_hosts
+    )
 
 
 def apply_overrides(
-    base: TrainConfig, overrides: dict[str, Any], *, input_roots: Sequence[Path], loc: tuple[str, ...]
+    base: TrainConfig,
+    overrides: dict[str, Any],
+    *,
+    input_roots: Sequence[Path],
+    loc: tuple[str, ...],
+    reward_hosts: Sequence[str] = (),
 ) -> TrainConfig:
     """`base` with `overrides` applied; a path the overrides set is checked against INPUT_ROOTS (`base`'s were)."""
     if not overrides:
@@ -65,9 +75,11 @@ def apply_overrides(
         config = base.with_overrides(overrides)
     except ValidationError as err:
         raise InvalidConfigError(validation_errors(err, loc=loc)) from err
+    except OverrideError as err:  # `steps.a`: a dotted key through a number, a string, null or past a list's end
+        raise InvalidConfigError([_error((*loc, err.key), str(err), "value_error", overrides[err.key])]) from err
     except (KeyError, IndexError, ValueError, TypeError) as err:
         raise InvalidConfigError([_error(loc, f"cannot apply overrides: {err}", "value_error", overrides)]) from err
-    check_input_paths(config, input_roots=input_roots, loc=loc, unchanged_from=base)
+    check_input_paths(config, input_roots=input_roots, loc=loc, unchanged_from=base, reward_hosts=reward_hosts)
     return config
 
 
@@ -90,15 +102,34 @@ def check_input_paths(
     input_roots: Sequence[Path],
     loc: tuple[str, ...],
     unchanged_from: TrainConfig | None = None,
+    reward_hosts: Sequence[str] = (),
 ) -> None:
-    """Refuse a config naming a file outside `input_roots` (InvalidConfigError, `loc` + the field's path).
+    """Refuse a config naming a file outside `input_roots` or a remote reward outside `reward_hosts`
+    (InvalidConfigError, `loc` + the field's path).
 
-    Paths equal to those of `unchanged_from` (a config already checked) are skipped.
+    Paths equal to those of `unchanged_from` (a config already checked) are skipped; reward URLs are always checked.
     """
     known = dict(_input_paths(unchanged_from)) if unchanged_from is not None else {}
     changed = [(field, value) for field, value in _input_paths(config) if known.get(field) != value]
     _raise_outside(changed, roots=input_roots, loc=loc)
     _refuse_remote_trackers(config, loc=loc, unchanged_from=unchanged_from)
+    refuse_remote_rewards(config, reward_hosts=reward_hosts, loc=loc)
+
+
+def refuse_remote_rewards(config: TrainConfig, *, reward_hosts: Sequence[str], loc: tuple[str, ...]) -> None:
+    """A 'remote' reward's URL must be http(s) on a host the operator allowed (REMOTE_REWARD_HOSTS; docs/limits.md).
+
+    The worker checks again before each request (trainer/rewards/remote.py); this is the answer at submission.
+    """
+    errors = [
+        _error((*loc, "rewards", i, "options", "url"), f"remote reward: {problem}", "value_error", url)
+        for i, reward in enumerate(config.rewards)
+        if reward.name == "remote"
+        for url in [reward.options.get("url")]
+        if (problem := refused_url(str(url), reward_hosts, setting="REMOTE_REWARD_HOSTS")) is not None
+    ]
+    if errors:
+        raise InvalidConfigError(errors)
 
 
 def _refuse_remote_trackers(config: TrainConfig, *, loc: tuple[str, ...], unchanged_from: TrainConfig | None) -> None:

@@ -25,6 +25,12 @@ class ConflictError(ServiceError):
     status_code = 409
 
 
+class QuotaError(ServiceError):
+    """The team is over a limit of the platform (docs/limits.md), e.g. MAX_QUEUED_RUNS_PER_TEAM."""
+
+    status_code = 429
+
+
 class UnavailableError(ServiceError):
     """A dependency (the broker) did not answer."""
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from celery import Celery
 
 from api.services.errors import UnavailableError
-from store.broker import DEFAULT_VISIBILITY_TIMEOUT, TASK_NAMES, Queue, transport_options
+from store.broker import DEFAULT_VISIBILITY_TIMEOUT, TASK_NAMES, Queue, task_id, transport_options
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +40,25 @@ class TaskQueue:
     def __init__(self, app: Celery):
         self.app = app
 
-    def enqueue_run(self, *, run_id: int, kind: str) -> None:
+    def enqueue_run(self, *, run_id: int, kind: str, attempt: int = 1) -> None:
         queue = Queue(kind)
         try:
             self.app.send_task(
-                TASK_NAMES[queue], args=[run_id], queue=queue.value, retry=True, retry_policy={"max_retries": 3}
+                TASK_NAMES[queue],
+                args=[run_id],
+                queue=queue.value,
+                task_id=task_id(run_id, attempt),
+                retry=True,
+                retry_policy={"max_retries": 3},
             )
         except Exception as err:  # kombu raises transport-specific errors; the caller gets one meaningful type
             log.exception("could not enqueue run %s", run_id)
             raise UnavailableError(f"the broker did not accept run {run_id}: {err}") from err
+
+    def revoke_run(self, *, run_id: int, attempt: int) -> None:
+        """Tell the workers to drop the queued job of a cancelled run unopened (best effort: a worker that misses
+        the broadcast, one started later, still skips it after one status query)."""
+        try:
+            self.app.control.revoke(task_id(run_id, attempt))
+        except Exception:  # a broker blip only costs that worker one cheap skip
+            log.warning("could not revoke the job of run %s", run_id, exc_info=True)

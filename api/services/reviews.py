@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from api.schemas import ReviewPair, VoteCreate, VotePublic, WinRate
 from api.services.errors import ConflictError, NotFoundError
 from api.services.runs import get_owned_run
+from store import runs as store_runs
 from store import samples as store_samples
 from store import votes as store_votes
 from store.models import Sample
@@ -75,9 +76,9 @@ def add_vote(session: Session, *, team_id: int, body: VoteCreate) -> VotePublic:
 
 def _owned_sample(session: Session, *, team_id: int, sample_id: int) -> Sample:
     sample = store_samples.get_sample(session, sample_id=sample_id)
-    if sample is None:
+    # Another team's sample answers exactly as a missing one: the answer tells nothing of which ids exist.
+    if sample is None or store_runs.get_run(session, run_id=sample.run_id, team_id=team_id) is None:
         raise NotFoundError(f"sample {sample_id} not found")
-    get_owned_run(session, team_id=team_id, run_id=sample.run_id)  # another team's sample is missing too
     return sample
 
 

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from api.schemas import EvaluateCreate, RunCreate, RunEventPublic, RunListItem, RunPublic, RunsPublic
 from api.services.configs import resolve_eval_config, resolve_train_config
-from api.services.errors import ConflictError, InvalidConfigError, NotFoundError, ServiceError
+from api.services.errors import ConflictError, InvalidConfigError, NotFoundError, QuotaError, ServiceError
 from api.services.queue import TaskQueue
 from store import checkpoints as store_checkpoints
 from store import lifecycle as store_lifecycle
@@ -32,13 +32,25 @@ def get_owned_run(session: Session, *, team_id: int, run_id: int) -> Run:
 
 
 def create_run(
-    session: Session, *, queue: TaskQueue, input_roots: Sequence[Path], team_id: int, body: RunCreate
+    session: Session,
+    *,
+    queue: TaskQueue,
+    input_roots: Sequence[Path],
+    team_id: int,
+    body: RunCreate,
+    reward_hosts: Sequence[str] = (),
+    max_queued: int = 0,
 ) -> RunPublic:
-    """Validate the config (InvalidConfigError names the field; files only inside `input_roots`), store the run,
-    commit, and only then enqueue."""
+    """Validate the config (InvalidConfigError names the field; files only inside `input_roots`, remote rewards only
+    on `reward_hosts`), check the team's queue (`max_queued`; 0 = no cap), store the run, commit, then enqueue."""
     config = resolve_train_config(
-        preset=body.preset, config=body.config, overrides=body.overrides, input_roots=input_roots
+        preset=body.preset,
+        config=body.config,
+        overrides=body.overrides,
+        input_roots=input_roots,
+        reward_hosts=reward_hosts,
     )
+    check_queue_room(session, team_id=team_id, adding=1, max_queued=max_queued)
     run = store_runs.create_run(
         session,
         team_id=team_id,
@@ -52,10 +64,25 @@ def create_run(
     return RunPublic.model_validate(run)
 
 
+def check_queue_room(session: Session, *, team_id: int, adding: int, max_queued: int) -> None:
+    """QuotaError (429) when `adding` more runs would take the team past `max_queued` queued runs (0 = no cap).
+
+    A soft cap: two submissions at the same instant may both pass it by a few runs.
+    """
+    if not max_queued:
+        return
+    queued = store_runs.count_queued(session, team_id=team_id)
+    if queued + adding > max_queued:
+        raise QuotaError(
+            f"the team has {queued} queued runs and the platform takes at most {max_queued} "
+            f"(MAX_QUEUED_RUNS_PER_TEAM); this submission adds {adding}: wait for some to start or cancel them"
+        )
+
+
 def enqueue(session: Session, *, queue: TaskQueue, run: Run) -> None:
     """Send the committed run's job; if the broker refuses, the run fails visibly instead of staying queued."""
     try:
-        queue.enqueue_run(run_id=run.id, kind=run.kind)
+        queue.enqueue_run(run_id=run.id, kind=run.kind, attempt=run.attempt)
     except ServiceError as err:
         store_lifecycle.finish_run(session, run_id=run.id, status=RunStatus.FAILED, error=err.message)
         raise
@@ -86,11 +113,15 @@ def get_run(session: Session, *, team_id: int, run_id: int) -> RunPublic:
     return RunPublic.model_validate(get_owned_run(session, team_id=team_id, run_id=run_id))
 
 
-def cancel_run(session: Session, *, run: Run) -> RunPublic:
-    """A queued run is cancelled at once (its job is skipped); a running one stops after its current step."""
+def cancel_run(session: Session, *, run: Run, queue: TaskQueue | None = None) -> RunPublic:
+    """A queued run is cancelled at once (its job is revoked, and skipped by a worker that missed the revoke); a
+    running one stops after its current step."""
+    was_queued = run.status == RunStatus.QUEUED
     updated = store_lifecycle.request_cancel(session, run_id=run.id, team_id=run.team_id)
     if updated is None:
         raise NotFoundError(f"run {run.id} not found")
+    if was_queued and updated.status == RunStatus.CANCELLED and queue is not None:
+        queue.revoke_run(run_id=updated.id, attempt=updated.attempt)
     return RunPublic.model_validate(updated)
 
 
@@ -111,7 +142,13 @@ def list_events(session: Session, *, run: Run, after_id: int | None = None) -> l
 
 
 def evaluate(
-    session: Session, *, queue: TaskQueue, input_roots: Sequence[Path], run: Run, body: EvaluateCreate
+    session: Session,
+    *,
+    queue: TaskQueue,
+    input_roots: Sequence[Path],
+    run: Run,
+    body: EvaluateCreate,
+    max_queued: int = 0,
 ) -> RunPublic:
     """An eval run (kind 'eval', parent_run_id = run) of one of the run's checkpoints, or of the base model."""
     if run.kind != RunKind.TRAIN:
@@ -124,6 +161,7 @@ def evaluate(
     config = resolve_eval_config(
         train=train, overrides=body.overrides, input_roots=input_roots, loc=("body", "overrides")
     )
+    check_queue_room(session, team_id=run.team_id, adding=1, max_queued=max_queued)
     target = f"checkpoint {body.checkpoint_id}" if body.checkpoint_id is not None else "base model"
     eval_run = store_runs.create_run(
         session,

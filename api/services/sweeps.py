@@ -87,7 +87,12 @@ def check_sweep(body: ComparisonCreate, cells: Sequence[SweepCell], *, max_runs:
 
 
 def sweep_runs(
-    base: TrainConfig, body: ComparisonCreate, *, input_roots: Sequence[Path], max_runs: int = MAX_SWEEP_RUNS
+    base: TrainConfig,
+    body: ComparisonCreate,
+    *,
+    input_roots: Sequence[Path],
+    max_runs: int = MAX_SWEEP_RUNS,
+    reward_hosts: Sequence[str] = (),
 ) -> list[VariantRun]:
     """The runs to store: per cell (variant overrides, then its grid point), per seed. All errors at once."""
     cells = sweep_cells(body)
@@ -100,10 +105,14 @@ def sweep_runs(
             if cell.variant not in variant_configs:
                 loc = ("body", "variants", cell.variant)
                 variant_configs[cell.variant] = apply_overrides(
-                    base, body.variants[cell.variant], input_roots=input_roots, loc=loc
+                    base, body.variants[cell.variant], input_roots=input_roots, loc=loc, reward_hosts=reward_hosts
                 )
             configs[cell.name] = apply_overrides(
-                variant_configs[cell.variant], cell.point, input_roots=input_roots, loc=("body", "grid")
+                variant_configs[cell.variant],
+                cell.point,
+                input_roots=input_roots,
+                loc=("body", "grid"),
+                reward_hosts=reward_hosts,
             )
         except InvalidConfigError as err:
             errors.extend(e for e in err.errors if e not in errors)

@@ -67,10 +67,10 @@ class CommitCheckingQueue(TaskQueue):
         self.services_ref = services_ref
         self.sent: list[tuple[int, str]] = []
 
-    def enqueue_run(self, *, run_id: int, kind: str) -> None:
+    def enqueue_run(self, *, run_id: int, kind: str, **options: Any) -> None:
         with self.services_ref[0].session() as fresh:
             assert store_runs.get_run(fresh, run_id=run_id) is not None, f"run {run_id} enqueued before its commit"
-        super().enqueue_run(run_id=run_id, kind=kind)
+        super().enqueue_run(run_id=run_id, kind=kind, **options)
         self.sent.append((run_id, kind))
 
 

@@ -50,6 +50,9 @@ class FamilySpec:
         eval_guidance: default CFG scale at evaluation (config `eval_guidance_scale=None`).
         needs_model_path: the weights come from `model_path` (no shipped default).
         sample_shape: the latent (C, H, W) of one sample, as `FlowModel.sample_shape` computes it from the weights.
+        resolutions: (smallest, largest) image side in pixels the family can generate (config `resolution`).
+        max_rollout_batch: the most samples one rollout may hold (prompts_per_step x group_size): its trajectories
+            and decoded images stay in memory for the whole step.
     """
 
     name: str
@@ -59,6 +62,8 @@ class FamilySpec:
     eval_guidance: float
     needs_model_path: bool
     sample_shape: str
+    resolutions: tuple[int, int] = (16, 2048)
+    max_rollout_batch: int = 1024
 
     def load(self, config: Any, device: str | torch.device = "cpu", **options: Any) -> FlowModel:
         """The family's FlowModel for a TrainConfig on `device` (options: the loader's keyword arguments)."""
@@ -80,6 +85,8 @@ FAMILIES: dict[str, FamilySpec] = {
             eval_guidance=1.0,  # trained without CFG
             needs_model_path=False,  # None = the shipped base
             sample_shape="(3, 32, 32): pixels, no VAE",
+            resolutions=(32, 32),  # the shipped base and `flowdppo pretrain-base` generate 32x32 only
+            max_rollout_batch=4096,  # 32x32 pixels: 4096 samples x 10 steps of trajectory is ~0.5 GB
         ),
         FamilySpec(
             "sd3",
@@ -89,6 +96,8 @@ FAMILIES: dict[str, FamilySpec] = {
             eval_guidance=4.5,  # SD3.5's usual sampling scale
             needs_model_path=True,
             sample_shape="(16, H/8, W/8): transformer in_channels, VAE factor 8",
+            resolutions=(16, 2048),  # SD3.5 is trained up to 1024 px (1 MP); multiples of 16 (checked at load)
+            max_rollout_batch=1024,  # Flow-GRPO's SD3.5 rollouts are 48 prompts x 24 samples over 32 GPUs
         ),
         FamilySpec(
             "flux",
@@ -98,6 +107,8 @@ FAMILIES: dict[str, FamilySpec] = {
             eval_guidance=3.5,  # FLUX.1-dev's usual guidance embedding
             needs_model_path=True,
             sample_shape="(16, H/8, W/8): transformer in_channels / 4 (2x2 packing), VAE factor 8",
+            resolutions=(16, 2048),  # FLUX.1 up to 2 MP; multiples of 16 (checked at load)
+            max_rollout_batch=1024,
         ),
     )
 }

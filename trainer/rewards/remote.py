@@ -10,6 +10,12 @@ Response (HTTP 200)::
 
     {"scores": [0.73, 0.12, ...]}               # B finite numbers; the key is the `score_key` option
 
+Where it may connect: when the environment variable FLOWDPPO_REMOTE_REWARD_HOSTS is set (the platform's workers set
+it from the operator's REMOTE_REWARD_HOSTS, docs/limits.md), only to those hosts: the URL's host is checked before
+every request and redirects are never followed. Unset (the `flowdppo train` CLI on one's own machine): anywhere.
+An error names the URL, the status code and its reason, never the response body (a worker must not read an internal
+service back to the team).
+
 Timeouts, connection errors, HTTP 429 and 5xx are retried `retries` times with exponential backoff (`backoff`,
 2·backoff, 4·backoff ... seconds). Everything else fails the step with `RemoteRewardError`: other HTTP errors, a body
 that is not JSON, a missing key, a wrong number of scores, non-numeric or non-finite scores. A training step never
@@ -20,14 +26,19 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import logging
 import math
+import os
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
 import torch
 
+from trainer.hosts import refused_url, url_host
 from trainer.images import to_uint8_hwc
 from trainer.rewards.registry import RewardFn, register_reward
 
@@ -36,10 +47,34 @@ logger = logging.getLogger(__name__)
 FORMATS = ("png", "jpeg")
 _OPTIONS = {"url", "format", "timeout", "retries", "backoff", "headers", "score_key", "jpeg_quality", "batch_size"}
 _RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+HOSTS_ENV = "FLOWDPPO_REMOTE_REWARD_HOSTS"  # a JSON list of allowed hosts; unset = no allowlist
 
 
 class RemoteRewardError(RuntimeError):
     """The remote reward could not produce one finite score per image; the training step must fail."""
+
+
+def allowed_hosts() -> list[str] | None:
+    """The hosts remote rewards may reach in this process (FLOWDPPO_REMOTE_REWARD_HOSTS); None = any host."""
+    raw = os.environ.get(HOSTS_ENV)
+    if raw is None:
+        return None
+    hosts = json.loads(raw) if raw.strip().startswith("[") else raw.split(",")
+    return [str(h).strip() for h in hosts if str(h).strip()]
+
+
+@contextmanager
+def reward_hosts(hosts: Sequence[str]) -> Iterator[None]:
+    """Allow remote rewards only `hosts` while the block runs (in this process and the ones it starts)."""
+    previous = os.environ.get(HOSTS_ENV)
+    os.environ[HOSTS_ENV] = json.dumps(list(hosts))
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(HOSTS_ENV, None)
+        else:
+            os.environ[HOSTS_ENV] = previous
 
 
 def encode_images(images: torch.Tensor, fmt: str = "png", jpeg_quality: int = 95) -> list[str]:
@@ -84,8 +119,10 @@ class RemoteReward:
         jpeg_quality: int = 95,
         batch_size: int | None = None,
     ):
-        if not url.startswith(("http://", "https://")):
-            raise ValueError(f"remote reward: url must start with http:// or https://, got {url!r}")
+        hosts = allowed_hosts()  # None (no allowlist in this process): any host, but still http(s) with a host
+        problem = refused_url(url, hosts if hosts is not None else [url_host(url)], setting="REMOTE_REWARD_HOSTS")
+        if problem is not None:
+            raise ValueError(f"remote reward {url!r}: {problem}")
         if format not in FORMATS:
             raise ValueError(f"remote reward: format must be one of {FORMATS}, got {format!r}")
         if timeout <= 0 or retries < 0 or backoff < 0:
@@ -96,7 +133,7 @@ class RemoteReward:
             raise ValueError(f"remote reward: batch_size must be >= 1 or None, got {batch_size}")
         self.url, self.format, self.score_key = url, format, score_key
         self.retries, self.backoff, self.jpeg_quality, self.batch_size = retries, backoff, jpeg_quality, batch_size
-        self.client = httpx.Client(timeout=timeout, headers=headers or {})
+        self.client = httpx.Client(timeout=timeout, headers=headers or {}, follow_redirects=False)
         self.attempts = 0  # requests sent, retries included (tests and logs read it)
 
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
@@ -116,18 +153,18 @@ class RemoteReward:
         try:
             body = response.json()
         except ValueError as err:
-            raise RemoteRewardError(
-                f"remote reward {self.url}: response is not JSON: {response.text[:200]!r}"
-            ) from err
+            raise RemoteRewardError(f"remote reward {self.url}: the response is not JSON") from err
         if not isinstance(body, dict) or self.score_key not in body:
-            raise RemoteRewardError(
-                f"remote reward {self.url}: response has no {self.score_key!r} key: {str(body)[:200]}"
-            )
+            raise RemoteRewardError(f"remote reward {self.url}: the response has no {self.score_key!r} key")
         return _parse_scores(body[self.score_key], len(prompts), self.url)
 
     def _post(self, payload: dict[str, Any]) -> httpx.Response:
         """POST with retries on transient failures; raises RemoteRewardError once they are used up."""
         for attempt in range(self.retries + 1):
+            hosts = allowed_hosts()  # before every request: the URL must still be allowed in this process
+            problem = None if hosts is None else refused_url(self.url, hosts, setting="REMOTE_REWARD_HOSTS")
+            if problem is not None:
+                raise RemoteRewardError(f"remote reward {self.url}: {problem}")
             self.attempts += 1
             try:
                 response = self.client.post(self.url, json=payload)
@@ -137,10 +174,8 @@ class RemoteReward:
                 if response.status_code == 200:
                     return response
                 if response.status_code not in _RETRY_STATUS:
-                    raise RemoteRewardError(
-                        f"remote reward {self.url}: HTTP {response.status_code}: {response.text[:200]!r}"
-                    )
-                problem = f"HTTP {response.status_code}"
+                    raise RemoteRewardError(f"remote reward {self.url}: {_status(response)}")
+                problem = _status(response)
             if attempt < self.retries:
                 delay = self.backoff * 2**attempt
                 logger.warning(
@@ -153,6 +188,12 @@ class RemoteReward:
         self.client.close()
 
 
+def _status(response: httpx.Response) -> str:
+    """'HTTP 404 Not Found': the status and its standard reason, never the body or the server's own reason text."""
+    note = " (redirects are not followed)" if response.is_redirect else ""
+    return f"HTTP {response.status_code} {httpx.codes.get_reason_phrase(response.status_code)}{note}".strip()
+
+
 def _parse_scores(scores: Any, expected: int, url: str) -> torch.Tensor:
     """A list of `expected` finite numbers -> (expected,) float32; anything else raises RemoteRewardError."""
     if not isinstance(scores, list) or len(scores) != expected:
@@ -160,7 +201,8 @@ def _parse_scores(scores: Any, expected: int, url: str) -> torch.Tensor:
         raise RemoteRewardError(f"remote reward {url}: expected a list of {expected} scores, got {got}")
     bad = [s for s in scores if isinstance(s, bool) or not isinstance(s, int | float) or not math.isfinite(s)]
     if bad:
-        raise RemoteRewardError(f"remote reward {url}: scores must be finite numbers, got {bad[:3]}")
+        kinds = sorted({type(s).__name__ if not isinstance(s, float) else "non-finite" for s in bad})
+        raise RemoteRewardError(f"remote reward {url}: scores must be finite numbers, got {len(bad)} of {kinds}")
     return torch.tensor(scores, dtype=torch.float32)
 
 

@@ -40,7 +40,6 @@ def _refused(client, services, team, body, loc, path="runs"):
         ({"eval_prompts": "file:/models/../proc/self/environ"}, ("overrides", "eval_prompts")),
         ({"eval_prompts": "file:prompts.txt"}, ("overrides", "eval_prompts")),  # relative: read who knows where
         ({"model_path": "/etc"}, ("overrides", "model_path")),
-        ({"train_prompts": "file:/models/a\x00b"}, ("overrides", "train_prompts")),
         ({"model": "sd3", "model_path": "../sd3"}, ("overrides", "model_path")),  # not a hub id
         (
             {"rewards": [{"name": "clip_score", "options": {"path": "/srv/other-team/clip"}}]},
