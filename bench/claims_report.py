@@ -86,91 +86,79 @@ def kl_to_reach(run: dict[str, Any], target: float) -> float | None:
     return None if hit is None else kl_at.get(hit)
 
 
-def claims(results: dict[str, list[dict[str, Any]]]) -> dict[str, list[tuple[str, Iv, str, str]]]:
-    """Claim -> its sub-claims: (statement, interval of the statistic, rule, verdict). Missing cells: none."""
+Sub = tuple[str, Iv, str, str]  # (statement, interval of the statistic, rule, verdict)
+RULES = {"greater": "> 0", "less": "< 0", "at_least": f">= -{MARGIN}"}
+
+
+def _add(out: list[Sub], text: str, iv: Iv, rule: str, direction: str) -> None:
+    out.append((text, iv, f"{rule}: {RULES[direction]}", verdict(iv, direction)))
+
+
+def _diff(out: list[Sub], r: Any, text: str, a: str, b: str, stat: str, direction: str) -> None:
+    """The paired difference of `stat` between cells a and b (skipped when either has no runs)."""
+    if r(a) and r(b):
+        _add(out, text, paired(values(r(a), stat), values(r(b), stat)), f"{a} - {b}, {stat}", direction)
+
+
+def claims(results: dict[str, list[dict[str, Any]]]) -> dict[str, list[Sub]]:
+    """Claim -> its sub-claims. Cells without runs (methods not available) contribute none."""
     r = results.get
-    out: dict[str, list[tuple[str, Iv, str, str]]] = {k: [] for k in ("C1", "C2", "C3", "C4", "C5", "C6")}
-
-    def diff(claim: str, text: str, a: str, b: str, stat: str, direction: str) -> None:
-        if r(a) and r(b):
-            iv = paired(values(r(a), stat), values(r(b), stat))
-            rule = f">= -{MARGIN}" if direction == "at_least" else "> 0" if direction == "greater" else "< 0"
-            out[claim].append((text, iv, f"{a} - {b}, {stat}: {rule}", verdict(iv, direction)))
-
+    out: dict[str, list[Sub]] = {k: [] for k in ("C1", "C2", "C3", "C4", "C5", "C6")}
     for t in ("paper", "calibrated"):
-        diff(
-            "C1",
-            f"dppo > clip, final held-out reward ({t} thresholds)",
-            f"c1-dppo-{t}",
-            f"c1-clip-{t}",
-            "final",
-            "greater",
-        )
+        text = f"dppo > clip, final held-out reward ({t} thresholds)"
+        _diff(out["C1"], r, text, f"c1-dppo-{t}", f"c1-clip-{t}", "final", "greater")
     for m in ("grpo_guard", "nft"):
-        diff("C1", f"dppo > {m}, final held-out reward", "c1-dppo-paper", f"c1-{m}", "final", "greater")
+        _diff(out["C1"], r, f"dppo > {m}, final held-out reward", "c1-dppo-paper", f"c1-{m}", "final", "greater")
+    _multi_epoch(out["C2"], r)
+    _kl_efficiency(out["C3"], r)
+    _ablations(out["C4"], r)
+    _multi_reward(out, r)
+    text = "first-order mask (App. E) at least as good as Eq. 18 (calibrated delta)"
+    _diff(out["C6"], r, text, "c6-dppo_first_order", "c1-dppo-calibrated", "final", "at_least")
+    return out
+
+
+def _multi_epoch(out: list[Sub], r: Any) -> None:
+    """C2: under I = 2 dppo ends higher than clip, and gains more over the second half (clip plateaus)."""
     for g in ("G8-I2", "G4-I2"):
-        diff("C2", f"dppo > clip under {g}, final held-out reward", f"c2-dppo-{g}", f"c2-clip-{g}", "final", "greater")
+        _diff(
+            out, r, f"dppo > clip under {g}, final held-out reward", f"c2-dppo-{g}", f"c2-clip-{g}", "final", "greater"
+        )
     if r("c2-dppo-G8-I2") and r("c2-clip-G8-I2"):
-        gain = {
-            m: [
-                f - h if f is not None and h is not None else None
-                for f, h in zip(values(r(f"c2-{m}-G8-I2"), "final"), values(r(f"c2-{m}-G8-I2"), "mid"), strict=True)
-            ]
-            for m in ("dppo", "clip")
-        }
-        iv = paired(gain["dppo"], gain["clip"])
-        out["C2"].append(
-            (
-                "dppo keeps improving where clip plateaus (G8-I2): late gain dppo > clip",
-                iv,
-                "(final - mid-horizon) dppo - clip: greater 0",
-                verdict(iv, "greater"),
-            )
-        )
+        gain = {}
+        for m in ("dppo", "clip"):
+            runs = r(f"c2-{m}-G8-I2")
+            pairs = zip(values(runs, "final"), values(runs, "mid"), strict=True)
+            gain[m] = [f - h if f is not None and h is not None else None for f, h in pairs]
+        text = "dppo keeps improving where clip plateaus (G8-I2): late gain dppo > clip"
+        _add(out, text, paired(gain["dppo"], gain["clip"]), "(final - mid-horizon) dppo - clip", "greater")
+
+
+def _kl_efficiency(out: list[Sub], r: Any) -> None:
+    """C3: the KL to the base at which each run first reaches a reward both methods reach (paper thresholds).
+
+    The target is halfway from the base reward to the weaker method's mean final reward."""
     dppo, clip = r("c1-dppo-paper"), r("c1-clip-paper")
-    if dppo and clip:
-        base = seed_stats.t_interval(values(dppo + clip, "base")).mean or 0.0
-        weaker = min(seed_stats.t_interval(values(x, "final")).mean or base for x in (dppo, clip))
-        target = base + 0.5 * (weaker - base)
-        iv = paired([kl_to_reach(x, target) for x in clip], [kl_to_reach(x, target) for x in dppo])
-        out["C3"].append(
-            (
-                f"KL to reach held-out reward {target:.4f}: dppo lower than clip",
-                iv,
-                "clip - dppo, kl_ref at the first eval reaching it: greater 0",
-                verdict(iv, "greater"),
-            )
-        )
+    if not (dppo and clip):
+        return
+    base = seed_stats.t_interval(values(dppo + clip, "base")).mean or 0.0
+    weaker = min(seed_stats.t_interval(values(x, "final")).mean or base for x in (dppo, clip))
+    target = base + 0.5 * (weaker - base)
+    iv = paired([kl_to_reach(x, target) for x in clip], [kl_to_reach(x, target) for x in dppo])
+    text = f"KL to reach held-out reward {target:.4f}: dppo lower than clip"
+    _add(out, text, iv, "clip - dppo, kl_ref at the first eval reaching it", "greater")
+
+
+def _ablations(out: list[Sub], r: Any) -> None:
+    """C4: the symmetric mask ends below the base; delta 1e-7 is slower early and ends at least as well."""
     if r("c4-dppo_symmetric"):
         runs = r("c4-dppo_symmetric")
-        iv = paired(values(runs, "final"), values(runs, "base"))
-        out["C4"].append(
-            (
-                "without the asymmetry training collapses (symmetric mask ends below the base)",
-                iv,
-                "symmetric final - base: less 0",
-                verdict(iv, "less"),
-            )
-        )
-    diff(
-        "C4",
-        "delta 1e-7 learns more slowly at first (early AUC, first quarter)",
-        "c1-dppo-paper",
-        "c4-dppo-delta1e-07",
-        "early_auc",
-        "greater",
-    )
-    diff("C4", "delta 1e-7 ends at least as well as 1e-5", "c4-dppo-delta1e-07", "c1-dppo-paper", "final", "at_least")
-    _multi_reward(out, r)
-    diff(
-        "C6",
-        "first-order mask (App. E) at least as good as Eq. 18 (calibrated delta)",
-        "c6-dppo_first_order",
-        "c1-dppo-calibrated",
-        "final",
-        "at_least",
-    )
-    return out
+        text = "without the asymmetry training collapses (symmetric mask ends below the base)"
+        _add(out, text, paired(values(runs, "final"), values(runs, "base")), "symmetric final - base", "less")
+    text = "delta 1e-7 learns more slowly at first (early AUC, first quarter)"
+    _diff(out, r, text, "c1-dppo-paper", "c4-dppo-delta1e-07", "early_auc", "greater")
+    text = "delta 1e-7 ends at least as well as 1e-5"
+    _diff(out, r, text, "c4-dppo-delta1e-07", "c1-dppo-paper", "final", "at_least")
 
 
 def _multi_reward(out: dict[str, list], r: Any) -> None:
@@ -183,14 +171,14 @@ def _multi_reward(out: dict[str, list], r: Any) -> None:
         ivs = {n: paired(values(runs, f"final:{n}"), values(runs, f"base:{n}")) for n in names}
         if method == "dppo":
             for n, iv in ivs.items():
-                out["C5"].append((f"dppo: {n} rises", iv, f"dppo {n} final - base: greater 0", verdict(iv, "greater")))
+                out["C5"].append((f"dppo: {n} rises", iv, f"dppo {n} final - base: > 0", verdict(iv, "greater")))
         elif ivs:
             n, iv = min(ivs.items(), key=lambda kv: kv[1].mean if kv[1].mean is not None else math.inf)
             v = verdict(iv, "less")  # clip trades: its weaker reward falls; both rising contradicts the claim
             if v == "inconclusive" and all(verdict(x, "greater") == "reproduced" for x in ivs.values()):
                 v = "not reproduced"
             out["C5"].append(
-                (f"clip trades one reward for the other ({n} falls)", iv, f"clip {n} final - base: less 0", v)
+                (f"clip trades one reward for the other ({n} falls)", iv, f"clip {n} final - base: < 0", v)
             )
 
 
@@ -308,6 +296,23 @@ def cell_table(results: dict[str, list[dict[str, Any]]], cells: Sequence[str], i
     return lines
 
 
+def _figures(cells: dict[str, list[Any]], results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """name -> figure: each claim's held-out curves with bands, the frontiers of C1 and C3, C2 on rollouts too."""
+    figures: dict[str, Any] = {}
+    for claim, cs in cells.items():
+        keys = list(CLAIM_CELLS.get(claim, [c.key for c in cs]))
+        if claim == "C5":
+            for name in ("shapes", "jpeg_compressibility"):
+                figures[f"{claim.lower()}-{name}"] = band_fig(results, keys, key=f"eval/reward/{name}/mean")
+        elif keys:
+            figures[f"{claim.lower()}-curves"] = band_fig(results, keys)
+        if claim in ("C1", "C3") and keys:
+            figures[f"{claim.lower()}-frontier"] = frontier_fig(results, keys)
+        if claim == "C2" and keys:
+            figures["c2-rollouts"] = band_fig(results, keys, axis="rollouts")
+    return figures
+
+
 def write_report(
     doc: Path,
     *,
@@ -324,64 +329,62 @@ def write_report(
 ) -> None:
     """docs/results.md and its figures (docs/results/*.png)."""
     verdicts = claims(results)
-    n_runs = sum(len(v) for v in results.values()) + 1
+    written = set(save_pngs(_figures(cells, results), doc.parent / "results"))
+    lines = _head(results, calibration, quick=quick, command=command, minutes=minutes, study_size=study_size)
+    lines += ["## Verdicts", "", "| claim | verdict | sub-claims |", "|---|---|---|"]
+    for claim, subs in verdicts.items():
+        listed = "; ".join(f"{text}: {v}" for text, _, _, v in subs) or "no runs (methods not available)"
+        lines.append(f"| {claim} | **{combine([v for *_, v in subs])}** | {listed} |")
+    lines += ["", "## Protocol (fixed in bench/paper_claims.py before any run)", "", "```", protocol.strip(), "```"]
+    lines += ["", *_calibration_lines(calibration), ""]
+    if missing:
+        lines += ["### Methods not available", ""] + [f"- {m}: {why}" for m, why in missing.items()] + [""]
+    for claim, subs in verdicts.items():
+        keys = list(CLAIM_CELLS.get(claim, [c.key for c in cells.get(claim, [])]))
+        lines += [f"## {claim}", "", CLAIMS[claim], "", *cell_table(results, keys, cell_info), ""]
+        if subs:
+            lines += ["| sub-claim | statistic (mean [95% t-interval]) | rule | verdict |", "|---|---|---|---|"]
+            lines += [f"| {text} | {fmt(iv)} | {rule} | {v} |" for text, iv, rule, v in subs]
+            lines += ["", f"**Verdict: {combine([v for *_, v in subs])}.**", ""]
+        lines += [f"![{claim} {n}](results/{n}.png)\n" for n in sorted(written) if n.startswith(claim.lower())]
+    doc.write_text("\n".join(lines) + "\n")
+
+
+def _head(
+    results: dict[str, list[dict[str, Any]]],
+    calibration: dict[str, float],
+    *,
+    quick: bool,
+    command: str,
+    minutes: float,
+    study_size: str,
+) -> list[str]:
+    """Title, the quick-pass banner, the commands, the study's size and this file's cost."""
+    full, smoke = command.replace(" --quick", ""), command if quick else command + " --quick"
+    n_runs = sum(len(v) for v in results.values()) + 1  # + the calibration run
     run_minutes = (sum(r["seconds"] for v in results.values() for r in v) + calibration.get("seconds", 0)) / 60
-    workers = 2
-    figures: dict[str, Any] = {}
-    for claim, cs in cells.items():
-        keys = list(CLAIM_CELLS.get(claim, [c.key for c in cs]))
-        if claim == "C5":
-            for name in ("shapes", "jpeg_compressibility"):
-                figures[f"{claim.lower()}-{name}"] = band_fig(results, keys, key=f"eval/reward/{name}/mean")
-        elif keys:
-            figures[f"{claim.lower()}-curves"] = band_fig(results, keys)
-        if claim in ("C1", "C3") and keys:
-            figures[f"{claim.lower()}-frontier"] = frontier_fig(results, keys)
-        if claim == "C2" and keys:
-            figures["c2-rollouts"] = band_fig(results, keys, axis="rollouts")
-    folder = doc.parent / "results"
-    written = set(save_pngs(figures, folder))
     lines = ["# The paper's claims on the built-in shapes domain", ""]
     if quick:
         lines += [
             "> **QUICK SMOKE PASS — not the study; verdicts are not evidence.** 4-6 steps, 2 seeds per cell, 4",
             "> prompts per step and an 8-image, 10-step evaluation, run to check that the script, the statistics and",
-            "> the figures work end to end. The study is the command below without `--quick`.",
+            "> the figures work end to end. The study is the first command below.",
             "",
         ]
     lines += [
-        f"Regenerate: `{command.replace(' --quick', '')}` (the study, about two hours on 2 cores, at most 2 training "
-        "processes at a time, runs cached under /tmp/paper_claims so an interrupted study resumes); "
-        f"`{command if quick else command + ' --quick'}` is the smoke pass. The study is {study_size}: about two "
-        "hours on 2 idle cores at roughly 1 s per step per single-thread process (P = 16, G = 8), more with I = 2.",
+        f"Regenerate the study: `{full}` ({study_size}; at most 2 training processes at a time; about two hours on",
+        "2 idle cores at roughly 1 s per step per single-thread process with P = 16, G = 8, more with I = 2; runs are",
+        f"cached under /tmp/paper_claims, so an interrupted study resumes). The smoke pass: `{smoke}`.",
         "",
-        f"This file: `{command}`; its {n_runs} runs took {run_minutes:.0f} min of process time ({workers} at a time)."
-        + (
-            f" This invocation: {minutes:.1f} min (cached runs are reused)."
-            if minutes * 60 < 0.5 * run_minutes * 60
-            else ""
-        ),
-        "",
-        "## Verdicts",
-        "",
-        "| claim | verdict | sub-claims |",
-        "|---|---|---|",
-    ]
-    for claim, subs in verdicts.items():
-        summary_text = "; ".join(f"{text}: {v}" for text, _, _, v in subs) or "no runs (methods not available)"
-        lines.append(
-            f"| {claim} | **{combine([v for *_, v in subs]) if subs else 'inconclusive'}** | {summary_text} |"
-        )
-    lines += [
-        "",
-        "## Protocol (fixed in bench/paper_claims.py before any run)",
-        "",
-        "```",
-        protocol.strip(),
-        "```",
+        f"This file: `{command}`, {n_runs} runs, {run_minutes:.0f} min of process time (2 at a time)"
+        + (f"; written in {minutes:.1f} min from cached runs." if minutes < 0.5 * run_minutes else "."),
         "",
     ]
-    lines += [
+    return lines
+
+
+def _calibration_lines(calibration: dict[str, float]) -> list[str]:
+    return [
         "### How delta and clip_range were chosen",
         "",
         "- paper: delta = 1e-5, clip_range = 1e-4 (mean reduction), the values set for SD3.5's 65,536-dim latents;",
@@ -391,18 +394,4 @@ def write_report(
         f"{calibration['abs_r_minus_1_p50']:.3g}, p90 = {calibration['abs_r_minus_1_p90']:.3g} (medians over steps). "
         f"delta = {calibration['delta']:.3g}, clip_range = {calibration['clip_range']:.3g}: each is exceeded by about "
         "half of the unconstrained policy's terms.",
-        "",
     ]
-    if missing:
-        lines += ["### Methods not available", ""] + [f"- {m}: {why}" for m, why in missing.items()] + [""]
-    for claim, subs in verdicts.items():
-        keys = list(CLAIM_CELLS.get(claim, [c.key for c in cells.get(claim, [])]))
-        lines += [f"## {claim}", "", CLAIMS[claim], ""]
-        lines += cell_table(results, keys, cell_info) + [""]
-        if subs:
-            lines += ["| sub-claim | statistic (mean [95% t-interval]) | rule | verdict |", "|---|---|---|---|"]
-            lines += [f"| {text} | {fmt(iv)} | {rule} | {v} |" for text, iv, rule, v in subs]
-            lines += ["", f"**Verdict: {combine([v for *_, v in subs])}.**", ""]
-        for name in sorted(n for n in written if n.startswith(claim.lower())):
-            lines += [f"![{claim} {name}](results/{name}.png)", ""]
-    doc.write_text("\n".join(lines) + "\n")
