@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from importlib import resources
 from pathlib import Path
@@ -26,6 +27,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, help="Shortcut for --set steps=N.")
     p.add_argument("--out", type=Path, help="Output folder (default runs/<config name>).")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0.")
+    p.add_argument(
+        "--nproc-per-node",
+        type=int,
+        default=1,
+        metavar="N",
+        help="Run N data-parallel ranks on this machine through torchrun (cuda: one GPU each, NCCL; cpu: gloo).",
+    )
     p.set_defaults(handler=_train)
 
     p = subparsers.add_parser("pretrain-base", help="Rebuild the shipped built-in base model by flow matching.")
@@ -57,10 +65,16 @@ def _train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from trainer.callbacks import CallbackList, JsonlCallback, NullCallback
+    from trainer.distributed import DistributedSetupError, init_from_env, shutdown
+    from trainer.launch import under_torchrun
     from trainer.trackers import with_mirrors
     from trainer.train import train
 
     overrides = args.overrides + ([f"steps={args.steps}"] if args.steps else [])
+    if args.nproc_per_node > 1 and not under_torchrun():
+        return _launch_ranks(args, overrides)
+    if under_torchrun() and not any(o.startswith("num_processes=") for o in overrides):
+        overrides.append(f"num_processes={os.environ['WORLD_SIZE']}")  # `torchrun ... -m flowdppo train` directly
     try:
         config = resolve_config(args.config, overrides)
     except ValidationError as err:
@@ -70,6 +84,17 @@ def _train(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     out = args.out or Path("runs") / Path(args.config).stem
+    try:
+        ranks, device = init_from_env(args.device)
+    except DistributedSetupError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if not ranks.is_main:  # spec §12: rank 0 alone writes the folder, the progress bar and the mirrors
+        try:
+            train(config, NullCallback(), out_dir=out, device=device, ranks=ranks)
+        finally:
+            shutdown()
+        return 0
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(config.to_json())
     bar = tqdm(total=config.steps, desc=Path(args.config).stem, unit="step")
@@ -102,13 +127,35 @@ def _train(args: argparse.Namespace) -> int:
         return 2
     status = "FAILED"
     try:
-        result = train(config, callback, out_dir=out, device=args.device)
+        result = train(config, callback, out_dir=out, device=device, ranks=ranks)
         status = "KILLED" if result.stopped else "FINISHED"
     finally:
         callback.close(status)
         bar.close()
+        shutdown()
     print(f"{result.steps_completed} steps; metrics, samples and checkpoints in {out}")
     return 0
+
+
+def _launch_ranks(args: argparse.Namespace, overrides: list[str]) -> int:
+    """`--nproc-per-node N`: validate here (a bad config or NCCL without a GPU fails before any rank starts), then
+    run the N ranks under torchrun and return its exit status."""
+    import subprocess
+
+    from trainer.distributed import DistributedSetupError, check_backend
+    from trainer.launch import torchrun_command
+
+    try:
+        resolve_config(args.config, [*overrides, f"num_processes={args.nproc_per_node}"])
+        check_backend(args.device, args.nproc_per_node)
+    except ValidationError as err:
+        print(f"invalid config:\n{format_validation_error(err)}", file=sys.stderr)
+        return 2
+    except (ValueError, DistributedSetupError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = args.out or Path("runs") / Path(args.config).stem
+    return subprocess.call(torchrun_command(args.config, overrides, out, args.device, args.nproc_per_node))
 
 
 def _pretrain(args: argparse.Namespace) -> int:

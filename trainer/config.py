@@ -76,6 +76,12 @@ class TrainConfig(BaseModel):
         0, ge=0, le=MAX_SEED, description="Seeds the SDE-window draws, the initial noise and the minibatch shuffles."
     )
     steps: int = RunField(100, ge=1, le=1_000_000, description="Number of RL iterations (rollout + update).")
+    num_processes: int = RunField(
+        1,
+        ge=1,
+        le=1024,
+        description="W: data-parallel ranks (GPUs) of the run; each samples P/W whole groups (spec §12).",
+    )
 
     # --- model ---
     model: ModelFamily = ModelField(
@@ -342,6 +348,22 @@ class TrainConfig(BaseModel):
                 f"a rollout of model={self.model!r} holds at most {family.max_rollout_batch} samples"
             )
         check_loss_fields(self)  # spec §9-11: a knob of another method, or one this loss ignores
+        return self
+
+    @model_validator(mode="after")
+    def _check_ranks(self) -> TrainConfig:
+        """Spec §12: whole groups per rank, and an equal share of every minibatch per rank."""
+        W = self.num_processes
+        if self.prompts_per_step % W:
+            raise ValueError(
+                f"num_processes={W} must divide prompts_per_step={self.prompts_per_step} "
+                "(each rank samples whole groups)"
+            )
+        if self.minibatch_size % W:
+            raise ValueError(
+                f"num_processes={W} must divide the minibatch size {self.minibatch_size} "
+                f"(prompts_per_step*group_size/num_minibatches: each rank takes an equal share)"
+            )
         return self
 
     # --- serialisation ---

@@ -36,9 +36,19 @@ class Rollout:
 
 
 def collect_rollout(
-    model: FlowModel, config: TrainConfig, prompt_set: list[str], sigmas: torch.Tensor, step: int
+    model: FlowModel,
+    config: TrainConfig,
+    prompt_set: list[str],
+    sigmas: torch.Tensor,
+    step: int,
+    shard: slice | None = None,
 ) -> Rollout:
-    """Sample P prompts x G images with the current weights, recording every SDE step (spec §1, §6)."""
+    """Sample P prompts x G images with the current weights, recording every SDE step (spec §1, §6).
+
+    `shard`: the rows this rank samples (spec §12; None = all). Prompts, the SDE window and the noise are drawn for
+    the whole batch whatever the shard, so a rank's samples are bit for bit those rows of the single-process batch;
+    the returned trajectory holds the shard's rows, the prompts and group ids the whole batch's.
+    """
     gen = step_generator(config.seed, step, purpose=1)
     P, G = config.prompts_per_step, config.group_size
     picks = torch.randint(len(prompt_set), (P,), generator=gen).tolist()
@@ -57,8 +67,9 @@ def collect_rollout(
     chunk = config.micro_batch_size or P * G
     model.eval()
     parts = []
-    for lo in range(0, P * G, chunk):
-        rows = slice(lo, min(lo + chunk, P * G))
+    start, stop, _ = (shard or slice(0, P * G)).indices(P * G)
+    for lo in range(start, stop, chunk):
+        rows = slice(lo, min(lo + chunk, stop))
         emb = select_embeds(embeds, rows)
         parts.append(
             sample_trajectory(
@@ -74,7 +85,9 @@ def collect_rollout(
                 reference_velocity_fn=_reference_fn(model, emb, config, ref_rows - lo) if lo < ref_rows else None,
             )
         )
-    return Rollout(prompts=prompts, group_ids=group_ids, traj=_cat_trajectories(parts, ref_rows), sigmas=sigmas)
+    return Rollout(
+        prompts=prompts, group_ids=group_ids, traj=_cat_trajectories(parts, ref_rows - start), sigmas=sigmas
+    )
 
 
 def _reference_fn(model: FlowModel, embeds, config: TrainConfig, rows: int):

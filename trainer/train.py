@@ -12,6 +12,7 @@ import torch
 from trainer.advantages import gdpo_advantages, group_advantages, zero_std_fraction
 from trainer.callbacks import Callback, NullCallback
 from trainer.config import TrainConfig
+from trainer.distributed import Ranks
 from trainer.divergence import gaussian_kl
 from trainer.evaluate import build_rewards, evaluation_metrics, logged_samples, score_images
 from trainer.losses import LOSSES, LossInputs, compute_loss
@@ -49,6 +50,7 @@ class _Run:
     rewards: dict[str, RewardFn]
     train_prompts: list[str]
     eval_prompts: list[str]
+    ranks: Ranks  # spec §12: this process's rank of W; W = 1 is the plain single-process loop
 
 
 def train(
@@ -60,16 +62,25 @@ def train(
     model: FlowModel | None = None,
     rewards: dict[str, RewardFn] | None = None,
     resume: bool = True,
+    ranks: Ranks | None = None,
 ) -> RunResult:
-    """Train `config` and report every step through `callback`; resume from the latest checkpoint in out_dir."""
+    """Train `config` and report every step through `callback`; resume from the latest checkpoint in out_dir.
+
+    Under torchrun (`ranks`, default: the initialised process group) every rank calls train() alike; rank 0 alone
+    reports through `callback`, evaluates and writes checkpoints (spec §12).
+    """
+    ranks = ranks or Ranks.current()
+    if config.num_processes != ranks.world_size:
+        raise ValueError(f"num_processes={config.num_processes} but this run has {ranks.world_size} ranks")
     model = model or load_model(config, device)
     run = _Run(
         config=config,
-        callback=callback or NullCallback(),
+        callback=ranks.main_only(callback or NullCallback()),
         out_dir=Path(out_dir),
         rewards=rewards or build_rewards(config, device),
         train_prompts=load_prompts(config.train_prompts),
         eval_prompts=load_prompts(config.eval_prompts),
+        ranks=ranks,
     )
     state = TrainState.create(config, model)
     if resume and (path := state.restore(run.out_dir)) is not None:
@@ -77,21 +88,23 @@ def train(
     start, stopped, metrics = state.step, False, {}
     sigmas = model.sigmas(config.num_steps)
     collect, update = FAMILY_STAGES[LOSSES[config.loss].family]
-    if start == 0 and config.eval_every:  # the base model's held-out reward, the curves' starting point
+    if start == 0 and config.eval_every and ranks.is_main:  # the base model's held-out reward, the curves' start
         run.callback.on_metrics(0, evaluation_metrics(model, config, run.eval_prompts, run.rewards, state.ema))
-    while state.step < config.steps and not (stopped := run.callback.should_stop()):
+    while state.step < config.steps and not (stopped := ranks.any(run.callback.should_stop())):  # agreed by all
         state.step += 1
         t0 = time.perf_counter()
         # 1. rollout: P prompts x G samples, every SDE step recorded (nft: ODE samples of the old weights, spec §11)
-        rollout = collect(model, config, run.train_prompts, sigmas, state.step)
+        mine = ranks.rows(config.rollout_batch_size)  # whole groups per rank (spec §12)
+        rollout = ranks.gather_rollout(collect(model, config, run.train_prompts, sigmas, state.step, mine))
         t1 = time.perf_counter()
-        # 2. rewards: every reward on the decoded images, name -> (B,)
-        reward_table = score_images(run.rewards, model.decode(rollout.final), rollout.prompts)
+        # 2. rewards: every reward on the decoded images, name -> (B,) (each rank scores its rows, all gathered)
+        local_rewards = score_images(run.rewards, model.decode(rollout.final[mine]), rollout.prompts[mine])
+        reward_table = ranks.gather_rewards(local_rewards)
         t2 = time.perf_counter()
         # 3. advantages (spec §5)
         adv, metrics = _advantages(config, reward_table, rollout.group_ids)
         # 4. inner epochs x minibatches of the loss (spec §4, §6; nft: §11)
-        metrics.update(update(state, config, rollout, adv))
+        metrics.update(update(state, config, rollout, adv, ranks))
         t3 = time.perf_counter()
         # 5. report: metrics, held-out evaluation, samples, checkpoint
         metrics.update(_timing(t0, t1, t2, t3, len(rollout.prompts)))
@@ -99,12 +112,15 @@ def train(
         _report(run, state, metrics)
     if stopped and state.step > start:
         _checkpoint(run, state)
+    ranks.barrier()  # no rank leaves before rank 0's checkpoint is complete
     return RunResult(steps_completed=state.step, stopped=stopped, final_metrics=metrics, out_dir=run.out_dir)
 
 
 def _report(run: _Run, state: TrainState, metrics: dict[str, float]) -> None:
-    """Held-out evaluation when due, the step's metrics, logged samples and a checkpoint when due."""
+    """Held-out evaluation when due, the step's metrics, logged samples and a checkpoint when due (rank 0 only)."""
     config, step = run.config, state.step
+    if not run.ranks.is_main:
+        return
     if config.eval_every and step % config.eval_every == 0:
         metrics.update(evaluation_metrics(state.model, config, run.eval_prompts, run.rewards, state.ema))
     run.callback.on_metrics(step, metrics)
@@ -115,6 +131,8 @@ def _report(run: _Run, state: TrainState, metrics: dict[str, float]) -> None:
 
 
 def _checkpoint(run: _Run, state: TrainState) -> None:
+    if not run.ranks.is_main:
+        return
     run.callback.on_checkpoint(state.step, state.save(run.out_dir, run.config))
 
 
@@ -142,8 +160,15 @@ def _advantages(config: TrainConfig, rewards: dict[str, torch.Tensor], group_ids
     return adv, metrics
 
 
-def _update(state: TrainState, config: TrainConfig, rollout: Rollout, adv: torch.Tensor) -> dict[str, float]:
-    """Inner epochs x minibatches of policy-gradient steps on one rollout (spec §6); returns the step's stats."""
+def _update(
+    state: TrainState, config: TrainConfig, rollout: Rollout, adv: torch.Tensor, ranks: Ranks | None = None
+) -> dict[str, float]:
+    """Inner epochs x minibatches of policy-gradient steps on one rollout (spec §6); returns the step's stats.
+
+    With W ranks each takes an equal contiguous share of every global minibatch; DDP averages the shares' gradients,
+    so each optimizer step is the single-process step on the whole minibatch (spec §12).
+    """
+    ranks = ranks or Ranks()
     model, optimizer = state.model, state.optimizer
     model.train()
     embeds = model.encode_prompts(rollout.prompts)
@@ -153,9 +178,12 @@ def _update(state: TrainState, config: TrainConfig, rollout: Rollout, adv: torch
         order = torch.randperm(len(adv), generator=step_generator(config.seed, state.step, purpose=100 + epoch))
         for mb, rows in enumerate(order.split(config.minibatch_size)):
             optimizer.zero_grad(set_to_none=True)
-            for micro in rows.split(config.micro_batch_size or len(rows)):
-                scale = len(micro) / len(rows)  # the minibatch's gradient is the row-weighted sum of its chunks'
-                micro_stats, kl = _loss_backward(model, config, rollout, embeds, adv, micro, scale=scale)
+            mine = ranks.shard(rows)  # (M/W,) this rank's share of the minibatch; all of it when W = 1
+            chunks = mine.split(config.micro_batch_size or len(mine))
+            for i, micro in enumerate(chunks):
+                scale = len(micro) / len(mine)  # the minibatch's gradient is the row-weighted sum of its chunks'
+                with ranks.synced(model, sync=i == len(chunks) - 1):  # gradients all-reduced on the last chunk
+                    micro_stats, kl = _loss_backward(model, config, rollout, embeds, adv, micro, scale=scale)
                 if epoch == 0 and mb == 0:  # first optimizer step after the rollout: pi_theta == pi_old
                     micro_stats.update(_selftest(micro_stats, kl))
                 stats.add(len(micro), micro_stats)
@@ -167,7 +195,7 @@ def _update(state: TrainState, config: TrainConfig, rollout: Rollout, adv: torch
     stats.scalar("lr", optimizer.param_groups[0]["lr"])
     if config.beta == 0 and rollout.traj.mean_ref is not None:  # monitor only: pi_old vs pi_ref at rollout
         stats.scalar("kl_ref/mean", _kl_ref_monitor(config, rollout))
-    out = stats.report()
+    out = ranks.reduce_stats(stats, len(grad_norms)).report()  # every rank's micro-batches, in W = 1's order
     if out.get("selftest/ratio_dev", 0.0) > SELFTEST_TOLERANCE or out.get("selftest/kl_dev", 0.0) > SELFTEST_TOLERANCE:
         log.warning(
             "self-test: first-step ratio/KL deviate from 1/0 by %.2e/%.2e (numerics or a nondeterministic model)",
