@@ -23,6 +23,22 @@ class Queue(StrEnum):
     EVAL = RunKind.EVAL.value
 
 
+def train_queue(num_processes: int = 1) -> str:
+    """The queue of a training run of `num_processes` ranks (spec §12): 'train' for one, 'train-w<W>' for W > 1,
+    consumed only by workers that own W GPUs or more (`flowdppo worker --gpus ...`, or `--ranks W` on CPU)."""
+    return Queue.TRAIN.value if num_processes <= 1 else f"{Queue.TRAIN.value}-w{num_processes}"
+
+
+def run_queue(kind: str, config: dict[str, Any]) -> str:
+    """The queue a run's job goes to: its kind's, and for training its rank count's."""
+    return train_queue(int(config.get("num_processes", 1))) if kind == Queue.TRAIN.value else Queue(kind).value
+
+
+def rank_queues(ranks: int) -> list[str]:
+    """The training queues a worker that hosts `ranks` ranks serves: train-w2 ... train-w<ranks>."""
+    return [train_queue(w) for w in range(2, ranks + 1)]
+
+
 # The worker registers its tasks under these names; the API sends jobs by name, never importing worker/.
 TASK_NAMES: dict[Queue, str] = {Queue.TRAIN: "worker.tasks.train_run", Queue.EVAL: "worker.tasks.evaluate_run"}
 

@@ -70,7 +70,7 @@ worker_shutting_down.connect(shutdown.on_worker_shutting_down, weak=False)
 worker_process_init.connect(shutdown.on_worker_process_init, weak=False)
 
 
-def enqueue_run(run_id: int, kind: str, *, celery_app: Celery | None = None) -> None:
-    """Send the run's job to its queue. Call after the run's row is committed (the worker re-reads it by id)."""
-    queue = Queue(kind)
-    (celery_app or app).send_task(TASK_NAMES[queue], args=[run_id], queue=queue.value)
+def enqueue_run(run_id: int, kind: str, *, celery_app: Celery | None = None, queue: str | None = None) -> None:
+    """Send the run's job to its queue (default: its kind's; store.broker.run_queue for a run of several ranks).
+    Call after the run's row is committed (the worker re-reads it by id)."""
+    (celery_app or app).send_task(TASK_NAMES[Queue(kind)], args=[run_id], queue=queue or Queue(kind).value)

@@ -9,7 +9,7 @@ from celery import Task
 from celery.exceptions import Reject
 
 from store.session import make_sessionmaker
-from worker import jobs, shutdown
+from worker import jobs, ranks, shutdown
 from worker.celery_app import app, enqueue_run
 from worker.settings import WorkerSettings
 
@@ -61,6 +61,10 @@ def train_run(self: Task, run_id: int) -> str:
     _not_while_stopping()
     if jobs.nothing_to_do(int(run_id), _settings_and_sessions()[1]):  # type: ignore[arg-type]
         return jobs.Outcome.SKIPPED.value  # cancelled while queued (and the revoke missed this worker)
+    settings, sessions = _settings_and_sessions()
+    if (queue := ranks.forward_queue(int(run_id), sessions, settings.WORKER_RANKS)) is not None:  # type: ignore[arg-type]
+        enqueue_run(int(run_id), "train", celery_app=self.app, queue=queue)  # a re-send by the reaper or a preemption
+        return jobs.Outcome.SKIPPED.value
     with shutdown.preemptible():  # SIGTERM: stop after the current step, checkpoint, requeue (worker/shutdown.py)
         outcome = jobs.run_training(int(run_id), ctx=job_context(self))
     log.info("train run %s: %s", run_id, outcome)

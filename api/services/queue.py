@@ -40,13 +40,14 @@ class TaskQueue:
     def __init__(self, app: Celery):
         self.app = app
 
-    def enqueue_run(self, *, run_id: int, kind: str, attempt: int = 1) -> None:
+    def enqueue_run(self, *, run_id: int, kind: str, attempt: int = 1, queue_name: str | None = None) -> None:
+        """`queue_name`: store.broker.run_queue's (a run of W > 1 ranks goes to train-w<W>); default: the kind's."""
         queue = Queue(kind)
         try:
             self.app.send_task(
                 TASK_NAMES[queue],
                 args=[run_id],
-                queue=queue.value,
+                queue=queue_name or queue.value,
                 task_id=task_id(run_id, attempt),
                 retry=True,
                 retry_policy={"max_retries": 3},

@@ -15,6 +15,7 @@ from api.services.queue import TaskQueue
 from store import checkpoints as store_checkpoints
 from store import lifecycle as store_lifecycle
 from store import runs as store_runs
+from store.broker import Queue, run_queue
 from store.enums import RunKind, RunStatus
 from store.models import Run
 from store.runs import ANY_RUN, RunFilter
@@ -82,7 +83,11 @@ def check_queue_room(session: Session, *, team_id: int, adding: int, max_queued:
 def enqueue(session: Session, *, queue: TaskQueue, run: Run) -> None:
     """Send the committed run's job; if the broker refuses, the run fails visibly instead of staying queued."""
     try:
-        queue.enqueue_run(run_id=run.id, kind=run.kind, attempt=run.attempt)
+        queue_name = run_queue(run.kind, run.config)
+        queue.enqueue_run(run_id=run.id, kind=run.kind, attempt=run.attempt, queue_name=queue_name)
+        if queue_name != Queue(run.kind).value:  # spec §12: only a worker hosting that many ranks takes it
+            message = f"queued on {queue_name!r}: a worker with {run.config['num_processes']} GPUs or more takes it"
+            store_runs.add_event(session, run_id=run.id, message=message)
     except ServiceError as err:
         store_lifecycle.finish_run(session, run_id=run.id, status=RunStatus.FAILED, error=err.message)
         raise

@@ -108,7 +108,7 @@ def raw() -> dict:
 
 
 def test_services_and_profiles(services: dict, raw: dict) -> None:
-    assert set(services) == {"postgres", "redis", "migrate", "api", "reaper", *WORKERS, "flower"}
+    assert set(services) == {"postgres", "redis", "migrate", "api", "reaper", *WORKERS, "worker-node", "flower"}
     default = {name for name, service in raw["services"].items() if not service.get("profiles")}
     assert default == {"postgres", "redis", "migrate", "api", "reaper", "worker-gpu0"}
     assert raw["services"]["flower"]["profiles"] == ["flower"]
@@ -177,6 +177,18 @@ def test_one_gpu_per_worker(services: dict) -> None:
     assert len(set(reserved)) == len(WORKERS)
     hostnames = [services[name]["hostname"] for name in WORKERS]
     assert len(set(hostnames)) == len(hostnames), "Celery node names must be unique"
+
+
+def test_node_worker_owns_every_gpu_of_its_machine(services: dict, raw: dict) -> None:
+    # spec §12: one worker for runs of several ranks, next to the per-GPU workers, only on request
+    node = services["worker-node"]
+    assert raw["services"]["worker-node"]["profiles"] == ["node"]
+    assert node["command"] == ["flowdppo", "worker", "--gpus", "all"]
+    devices = node["deploy"]["resources"]["reservations"]["devices"]
+    assert len(devices) == 1 and devices[0]["driver"] == "nvidia" and devices[0]["capabilities"] == ["gpu"]
+    assert devices[0]["count"] in (-1, "all") and "device_ids" not in devices[0]
+    assert node["healthcheck"]["test"][-2:] == ["/opt/flowdppo/healthcheck.py", "worker"]
+    assert node["build"]["target"] == "worker" and node.get("shm_size")
 
 
 def test_volumes(config: dict, services: dict) -> None:
