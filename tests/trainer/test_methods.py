@@ -32,6 +32,7 @@ from trainer.train import train
         ({"loss": "nft", "sampler": "cps"}, "sampler='cps'"),
         ({"loss": "nft", "nft_timesteps": 11}, "nft_timesteps=11"),
         ({"loss": "nft", "shared_initial_noise": True}, "shared_initial_noise=True"),
+        ({"loss": "nft", "shared_initial_noise": False, "num_processes": 2}, "num_processes=2"),  # spec §12: later
         ({"loss": "nft", "advantage_clip": None}, "advantage_clip=None"),
         ({"loss": "nft", "model": "sd3", "model_path": "/m", "lora_rank": 0}, "lora_rank=0"),
     ],
