@@ -8,6 +8,7 @@ once per seed. The runs of a cell share its name (Run.variant) and differ by see
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,26 +55,24 @@ def sweep_cells(body: ComparisonCreate) -> list[SweepCell]:
     return cells
 
 
-def check_sweep(body: ComparisonCreate, cells: Sequence[SweepCell], *, max_runs: int) -> None:
-    """422 before anything is validated or stored: unknown grid_variants, long names, more than `max_runs` runs.
+def check_sweep(body: ComparisonCreate, *, max_runs: int) -> None:
+    """422 before anything is expanded, validated or stored: unknown grid_variants, more than `max_runs` runs.
 
-    The size error names the field that takes the count over the limit, read in the order variants, grid, seeds.
+    The size error names the field that takes the count over the limit, read in the order variants, grid, seeds;
+    the count is arithmetic, so a huge grid is refused without being enumerated.
     """
     errors = [
         _error(("body", "grid_variants"), f"{name!r} is not one of the variants {list(body.variants)}", name)
         for name in body.grid_variants or []
         if name not in body.variants
     ]
-    errors += [
-        _error(("body", "variants", c.variant), f"run name {c.name!r} is over {MAX_CELL_NAME} characters", c.name)
-        for c in cells
-        if len(c.name) > MAX_CELL_NAME
-    ]
+    points = math.prod(len(values) for values in body.grid.values()) if body.grid else 1
+    gridded = len(set(body.variants if body.grid_variants is None else body.grid_variants) & set(body.variants))
+    n_cells = len(body.variants) - gridded + gridded * points
     n_seeds = len(body.seeds or [None])
-    counts = {"variants": len(body.variants), "grid": len(cells), "seeds": len(cells) * n_seeds}
+    counts = {"variants": len(body.variants), "grid": n_cells, "seeds": n_cells * n_seeds}
     over = next((field for field, n in counts.items() if n > max_runs), None)
     if over is not None:
-        points = len(grid_points(body.grid)) if body.grid else 1
         errors.append(
             _error(
                 ("body", over),
@@ -82,6 +81,16 @@ def check_sweep(body: ComparisonCreate, cells: Sequence[SweepCell], *, max_runs:
                 getattr(body, over) if over != "variants" else list(body.variants),
             )
         )
+    if errors:
+        raise InvalidConfigError(errors)
+
+
+def _check_names(cells: Sequence[SweepCell]) -> None:
+    errors = [
+        _error(("body", "variants", c.variant), f"run name {c.name!r} is over {MAX_CELL_NAME} characters", c.name)
+        for c in cells
+        if len(c.name) > MAX_CELL_NAME
+    ]
     if errors:
         raise InvalidConfigError(errors)
 
@@ -95,8 +104,9 @@ def sweep_runs(
     reward_hosts: Sequence[str] = (),
 ) -> list[VariantRun]:
     """The runs to store: per cell (variant overrides, then its grid point), per seed. All errors at once."""
+    check_sweep(body, max_runs=max_runs)
     cells = sweep_cells(body)
-    check_sweep(body, cells, max_runs=max_runs)
+    _check_names(cells)
     errors: list[dict[str, Any]] = []
     configs: dict[str, TrainConfig] = {}
     variant_configs: dict[str, TrainConfig] = {}
@@ -122,7 +132,9 @@ def sweep_runs(
     for cell in cells:
         overrides = {**body.variants[cell.variant], **cell.point}
         for seed in body.seeds or [None]:
-            config = configs[cell.name] if seed is None else configs[cell.name].model_copy(update={"seed": seed})
+            config = configs[cell.name]
+            if seed is not None:  # validated like any override (TrainConfig's bounds on seed)
+                config = apply_overrides(config, {"seed": seed}, input_roots=input_roots, loc=("body", "seeds"))
             dumped = config.model_dump(mode="json")
             runs.append(VariantRun(name=cell.name, config=dumped, overrides=overrides, seed=seed))
     return runs

@@ -99,3 +99,16 @@ def test_bad_grid_value_is_422_at_the_grid_key_and_nothing_is_stored(client, ser
     assert len(services.queue.sent) == before
     with services.session() as s:
         assert store_runs.list_runs(s, team_id=team.team_id) == ([], None)
+
+
+def test_a_huge_grid_is_refused_without_being_enumerated(client, team):
+    values = [1e-5 * (i + 1) for i in range(16)]
+    body = {
+        "preset": "shapes-dppo",
+        "variants": {"dppo": {}},
+        "grid": {"delta": values, "clip_range": values, "learning_rate": values, "beta": values},  # 65,536 points
+    }
+    r = client.post(f"{API}/comparisons", json=body, headers=team.headers)
+    assert r.status_code == 422
+    (error,) = r.json()["detail"]
+    assert error["loc"] == ["body", "grid"] and "65536 runs" in error["msg"]
