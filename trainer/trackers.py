@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from trainer.callbacks import Callback, NullCallback, Sample
 from trainer.hosts import host_allowed, url_host
+from trainer.text import Text
 from trainer.tracker_backends import EXTRA_HINT, MLflowMirror, TensorBoardMirror, flatten_params
 
 __all__ = ["EXTRA_HINT", "MLflowMirror", "TensorBoardMirror", "flatten_params"]  # the writers, re-exported
@@ -45,14 +46,13 @@ class TrackerSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["tensorboard", "mlflow"] = Field(description="Which tracker: TensorBoard event files or MLflow.")
-    uri: str = Field(
+    uri: Text(2000) = Field(
         "",
-        max_length=2000,
         description="tensorboard: folder relative to the run's output (default 'tensorboard'); "
         "mlflow: http(s)://host[:port][/path] or sqlite:///relative.db (inside the run's output).",
     )
-    experiment: str = Field("flowdppo", min_length=1, max_length=250, description="MLflow experiment name.")
-    run_name: str | None = Field(None, max_length=250, description="MLflow run name; None = the run's own name.")
+    experiment: Text(250, min_length=1) = Field("flowdppo", description="MLflow experiment name.")
+    run_name: Text(250) | None = Field(None, description="MLflow run name; None = the run's own name.")
 
     @model_validator(mode="after")
     def _check_uri(self) -> TrackerSpec:

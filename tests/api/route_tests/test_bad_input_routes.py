@@ -96,6 +96,12 @@ TEXT = [
         {"config": TINY, "overrides": {"train_prompts": "file:/a\x00"}},
         ["body", "overrides", "train_prompts"],
     ),
+    (
+        "tracker experiment NUL",
+        "/runs",
+        _cfg(trackers=[{"kind": "mlflow", "uri": "sqlite:///m.db", "experiment": "e\x00"}]),
+        ["body", "config", "trackers", 0, "experiment"],
+    ),
     ("1 MB variant name", "/comparisons", {"config": TINY, "variants": {MB: {"loss": "clip"}}}, ["body", "variants"]),
     (
         "variant name NUL",
