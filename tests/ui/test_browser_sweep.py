@@ -94,6 +94,13 @@ def test_aggregate_seeds_view(sweep_app, browser, tmp_path: Path) -> None:  # no
     page.wait_for_function("document.querySelectorAll('#samples-across img').length >= 6", timeout=20_000)
     across = page.locator("#samples-across").inner_text()
     assert "seed 0" in across and "seed 2" in across and "dppo" in across
+    page.locator("#samples-seed input").click()  # one seed: the columns become that seed's variants
+    page.get_by_role("option", name="seed 1").click()
+    page.wait_for_function(
+        "document.querySelectorAll('#samples-grid thead th').length === 3", timeout=20_000
+    )  # prompt + clip + dppo
+    head = page.locator("#samples-grid thead").inner_text()
+    assert f"#{ids[('clip', 1)]} clip" in head and f"#{ids[('dppo', 1)]} dppo" in head
     _no_error_toast(page)
 
     # The sweep form: clip vs dppo x 3 seeds by default
