@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import gradio as gr
+from pydantic import ValidationError
 
 from api.schemas import ComparisonCreate, RunCreate
 from api.services import Services
@@ -177,12 +178,20 @@ def submit(
         if comparison:
             base = {**preset_config(preset), **overrides}
             variants = {**comparison_service.method_variants(methods, base), **(CPS_VARIANTS if with_cps else {})}
-            body = ComparisonCreate(name=name, preset=preset, overrides=overrides, variants=variants, tags=tag_list)
+            body = _body(
+                ComparisonCreate, name=name, preset=preset, overrides=overrides, variants=variants, tags=tag_list
+            )
             group = comparison_service.create_comparison(
-                session, queue=services.queue, input_roots=roots, team_id=principal.team_id, body=body
+                session,
+                queue=services.queue,
+                input_roots=roots,
+                team_id=principal.team_id,
+                body=body,
+                reward_hosts=services.settings.remote_reward_hosts,
+                max_queued=services.settings.MAX_QUEUED_RUNS_PER_TEAM,
             )
             return [r.id for r in group.runs]
-        run = RunCreate(name=name, preset=preset, overrides=overrides, tags=tag_list)
+        run = _body(RunCreate, name=name, preset=preset, overrides=overrides, tags=tag_list)
         created = run_service.create_run(
             session,
             queue=services.queue,
@@ -193,6 +202,14 @@ def submit(
             max_queued=services.settings.MAX_QUEUED_RUNS_PER_TEAM,
         )
         return [created.id]
+
+
+def _body(schema: type[Any], **fields: Any) -> Any:
+    """The request body as the REST API validates it; a bad name or tag is an InvalidConfigError naming the field."""
+    try:
+        return schema(**fields)
+    except ValidationError as err:
+        raise InvalidConfigError(config_service.validation_errors(err, loc=("body",))) from err
 
 
 def _widget(spec: FieldSpec, value: Any) -> Any:
