@@ -82,7 +82,13 @@ def parse_variants(items: list[list[str]]) -> dict[str, dict[str, Any]]:
 
     if not items:
         return {"clip": {"loss": "clip"}, "dppo": {"loss": "dppo"}}
-    return {name: parse_overrides(pairs) for name, *pairs in items}
+    out = {}
+    for name, *pairs in items:
+        bad = [p for p in pairs if "=" not in p]
+        if bad:
+            raise ValueError(f"--variant {name}: expected KEY=VALUE, got {bad[0]!r} (give PRESET_OR_CONFIG first)")
+        out[name] = parse_overrides(pairs)
+    return out
 
 
 def _submit(args: argparse.Namespace) -> int:

@@ -26,6 +26,8 @@ def test_parsers():
     assert sweep_cli.parse_variants([]) == {"clip": {"loss": "clip"}, "dppo": {"loss": "dppo"}}
     with pytest.raises(ValueError):
         sweep_cli.parse_seeds("0")
+    with pytest.raises(ValueError, match="give PRESET_OR_CONFIG first"):
+        sweep_cli.parse_variants([["dppo", "shapes-dppo"]])
 
 
 def test_sweep_submit_then_show(api_client, capsys, session, team):
