@@ -169,6 +169,12 @@ class MirroredCallback(NullCallback):
         self.primary, self.mirrors = primary, list(mirrors)
         self._warn = {id(m): _Warner(m.name) for m in self.mirrors}
 
+    def __getattr__(self, name: str) -> Any:
+        """Anything else is the primary's (e.g. the worker's StoreCallback.owned), so wrapping changes nothing."""
+        if name in ("primary", "mirrors", "_warn"):  # not yet set (copy, unpickling): no recursion into primary
+            raise AttributeError(name)
+        return getattr(self.primary, name)
+
     def _each(self, method: str, *args: Any) -> None:
         for mirror in self.mirrors:
             try:

@@ -167,6 +167,8 @@ def test_failing_mirror_warns_once_and_never_stops_the_run(caplog):
     assert primary.steps == list(range(100)) and failing.calls == 100
     assert len(caplog.records) == 1 and "tracker down" in caplog.records[0].getMessage()
     assert not callback.should_stop()
+    primary.owned = True  # e.g. the worker's StoreCallback attributes stay reachable through the wrapper
+    assert callback.owned and callback.steps is primary.steps
 
 
 def test_a_slow_tracker_never_holds_a_step(caplog):
