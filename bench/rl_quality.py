@@ -97,6 +97,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
     args = parser.parse_args()
     jobs = [(s, m, seed) for s in args.settings for m in args.methods if applies(m, s) for seed in range(args.seeds)]
+    jobs.sort(key=lambda job: job[1] != "nft")  # the slowest runs first: two workers finish closer together
     with ProcessPoolExecutor(args.workers) as pool:
         futures = {
             job: pool.submit(run_one, METHODS[job[1]], SETTINGS[job[0]], job[2], args.steps, args.eval_every)
