@@ -180,8 +180,13 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _presets(args: argparse.Namespace) -> int:
+    from trainer.losses import LOSSES
     from trainer.presets import PRESETS
 
+    width = max(map(len, PRESETS))
     for name, config in PRESETS.items():
-        print(f"{name:18s} model={config.model} loss={config.loss} sampler={config.sampler} steps={config.steps}")
+        method = f"loss={config.loss}" + (f" dppo_mask={config.dppo_mask}" if config.loss == "dppo" else "")
+        # the forward family (nft) samples its rollouts with the ODE sampler (spec §11)
+        sampler = config.sampler if LOSSES[config.loss].family == "sde" else "ode"
+        print(f"{name:{width}s} model={config.model} {method} sampler={sampler} steps={config.steps}")
     return 0

@@ -50,6 +50,20 @@ def test_stored_configs_of_existing_runs_still_validate_and_mean_the_same():
     assert TrainConfig(loss="nft", nft_timesteps=10, lora_rank=4).nft_timesteps == 10
 
 
+@pytest.mark.parametrize(
+    ("preset", "differs"),
+    [
+        ("shapes-dppo-symmetric", {"dppo_mask"}),
+        ("shapes-dppo-first-order", {"dppo_mask"}),
+        ("shapes-grpo-guard", {"loss"}),  # clip_range None and advantage_clip auto resolve per loss
+        ("shapes-nft", {"loss", "beta", "shared_initial_noise"}),  # spec §11: beta_kl; ODE groups need own noise
+    ],
+)
+def test_method_presets_are_shapes_dppo_but_for_what_the_method_needs(preset, differs):
+    base, other = get_preset("shapes-dppo").model_dump(), get_preset(preset).model_dump()
+    assert {k for k in base if base[k] != other[k]} == differs
+
+
 # --- Diffusion-NFT's old weights: a second weight set (builtin full fine-tune) or a second LoRA adapter ---
 def _velocities(model, policy: str = "theta"):
     x = torch.randn(2, *model.sample_shape, generator=torch.Generator().manual_seed(0))
