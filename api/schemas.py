@@ -6,7 +6,16 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from annotated_types import Interval
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    AliasPath,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 # The run enums and filter are the store's, one definition for store, services, REST, client, CLI and dashboard
 # (re-exported here for ui/, which goes through api/).
@@ -89,6 +98,11 @@ class RunListItem(_Out):
     comparison_id: int | None
     variant: str | None
     seed: int | None = None
+    num_processes: int = Field(
+        1,
+        validation_alias=AliasChoices("num_processes", AliasPath("config", "num_processes")),  # JSON, or a Run row
+        description="The run's ranks (GPUs; spec §12): its config's num_processes, 1 for evaluations.",
+    )
 
 
 class RunPublic(RunListItem):
@@ -365,6 +379,8 @@ class WorkerPublic(BaseModel):
 class Health(BaseModel):
     status: Literal["ok", "degraded"]
     database: bool
+    broker: bool
+    broker_error: str | None = Field(None, description="Why the broker does not answer; null when it does.")
     version: str
 
 

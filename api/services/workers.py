@@ -5,9 +5,12 @@ The api's own producer app (api.services.queue) asks the broker, so nothing here
 
 from __future__ import annotations
 
+from kombu.exceptions import KombuError
 from sqlalchemy.orm import Session
 
 from api.schemas import WorkerPublic
+from api.services.errors import UnavailableError
+from api.services.health import broker_error
 from api.services.queue import TaskQueue
 from store import runs as store_runs
 
@@ -18,9 +21,15 @@ def list_workers(session: Session, *, queue: TaskQueue, team_id: int, timeout: f
 
     Other teams' runs are hidden, but a worker busy with one still appears (the capacity is shared).
     """
+    problem = broker_error(queue.app)  # a ping to a dead broker would retry for seconds, then fail with a 500
+    if problem is not None:
+        raise UnavailableError(f"cannot list the workers: {problem}")
     control = queue.app.control
-    online = {name for reply in (control.ping(timeout=timeout) or []) for name in reply}
-    active_queues = control.inspect(timeout=timeout).active_queues() or {}
+    try:
+        online = {name for reply in (control.ping(timeout=timeout) or []) for name in reply}
+        active_queues = control.inspect(timeout=timeout).active_queues() or {}
+    except (KombuError, OSError) as err:
+        raise UnavailableError(f"cannot list the workers: the broker stopped answering: {err}") from err
     workers = {
         name: WorkerPublic(name=name, online=True, queues=sorted(q["name"] for q in active_queues.get(name, [])))
         for name in online

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 from api_helpers import API
 from factories import make_run
 
+from api.services.queue import make_celery_app
 from store import runs as store_runs
 
 
@@ -36,7 +37,10 @@ def test_workers_online_offline_and_only_own_runs(client, services, session, tea
     tag = uuid.uuid4().hex[:6]
     busy, idle, dead, foreign = (f"{name}-{tag}@host" for name in ("busy", "idle", "dead", "foreign"))
     control = FakeControl({busy: ["train", "eval"], idle: ["eval"]})
-    monkeypatch.setattr(services.queue, "app", SimpleNamespace(control=control))
+    real = services.queue.app  # its connection: the broker answers (a filesystem folder)
+    monkeypatch.setattr(
+        services.queue, "app", SimpleNamespace(control=control, connection_for_write=real.connection_for_write)
+    )
     mine = running_on(session, team_id=team.team_id, worker=busy)
     lost = running_on(session, team_id=team.team_id, worker=dead)
     running_on(session, team_id=other_team.team_id, worker=foreign)
@@ -50,3 +54,21 @@ def test_workers_online_offline_and_only_own_runs(client, services, session, tea
         dead: {"name": dead, "online": False, "queues": [], "run_ids": [lost]},  # the reaper's next candidate
         foreign: {"name": foreign, "online": False, "queues": [], "run_ids": []},  # shared capacity, run hidden
     }
+
+
+def test_a_broker_that_is_down_gives_workers_a_503_naming_it_and_health_says_so(client, services, team, monkeypatch):
+    monkeypatch.setattr(services.queue, "app", make_celery_app("redis://127.0.0.1:1/0"))  # nothing listens there
+    response = client.get(f"{API}/workers", headers=team.headers)
+    assert response.status_code == 503, response.text
+    assert "broker redis://" in response.text and "127.0.0.1:1" in response.text, response.text
+
+    health = client.get(f"{API}/health")
+    assert health.status_code == 200  # runs can still be read; the body says what is down
+    body = health.json()
+    assert (body["status"], body["database"], body["broker"]) == ("degraded", True, False), body
+    assert "127.0.0.1:1" in body["broker_error"], body
+
+
+def test_health_reports_database_and_broker(client):
+    body = client.get(f"{API}/health").json()
+    assert (body["status"], body["database"], body["broker"], body["broker_error"]) == ("ok", True, True, None)
