@@ -161,6 +161,8 @@ def list_runs(
 # Every column of runs but the config: a list page reads these (the config is ~1 KB of JSON per run to fetch,
 # decode and re-encode; GET /runs/{id} has it).
 LISTED_COLUMNS = tuple(c for c in Run.__table__.columns if c.key != "config")
+# ...but its rank count (spec §12), read inside the database: 1 when absent (evaluations, runs from before it).
+LISTED_RANKS = func.coalesce(Run.config["num_processes"].as_integer(), 1).label("num_processes")
 
 
 def list_run_rows(
@@ -173,9 +175,8 @@ def list_run_rows(
 ) -> tuple[list[Row[Any]], str | None]:
     """list_runs without the config: read-only rows with the other Run attributes (`row.id`, `row.status`, ...),
     one index range scan on (team_id, id) and no ORM objects. Same filters, order and cursor as list_runs."""
-    query, limit = _page_query(
-        session, select(*LISTED_COLUMNS), team_id=team_id, filters=filters, cursor=cursor, limit=limit
-    )
+    columns = (*LISTED_COLUMNS, LISTED_RANKS)
+    query, limit = _page_query(session, select(*columns), team_id=team_id, filters=filters, cursor=cursor, limit=limit)
     return _page(list(session.execute(query)), limit)
 
 

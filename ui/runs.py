@@ -20,7 +20,7 @@ from api.services import runs as run_service
 from ui.common import elapsed_s, format_duration, format_value, owned_runs, team_session
 
 STATUSES = ["all", *(s.value for s in RunStatus)]
-COLUMNS = ["id", "name", "kind", "status", "progress", "step", "reward", "elapsed", "worker", "tags", "group"]
+COLUMNS = ["id", "name", "kind", "status", "progress", "step", "reward", "elapsed", "worker", "ranks", "tags", "group"]
 PAGE = 100
 TICK_SECONDS = 2.0
 BAR_CELLS = 10
@@ -61,6 +61,7 @@ def runs_table(services: Services, token: str | None, status: str | None = "all"
             format_value(reward[r.id].final) if reward.get(r.id) else "",
             format_duration(elapsed_s(r, now)),
             r.worker or "",
+            r.num_processes,
             ", ".join(r.tags),
             r.comparison_id or "",
         ]
