@@ -203,3 +203,18 @@ def test_nccl_without_a_gpu_is_a_clear_error(monkeypatch, capsys, tmp_path):
 
     assert main(["train", "shapes-dppo", "--nproc-per-node", "2", "--device", "cuda", "--out", str(tmp_path)]) == 2
     assert "no usable GPU" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_runs_ranks_through_torchrun(tmp_path):
+    # `flowdppo train --nproc-per-node 2`: torchrun --standalone underneath; rank 0 alone writes the folder
+    out = tmp_path / "run"
+    overrides = ["prompts_per_step=2", "group_size=2", "num_minibatches=1", "eval_every=0", "sample_every=0"]
+    cmd = [sys.executable, "-m", "flowdppo", "train", "shapes-dppo", "--steps", "2", "--nproc-per-node", "2"]
+    cmd += [arg for pair in overrides for arg in ("--set", pair)] + ["--out", str(out)]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=RUN_TIMEOUT_S, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 2]
+    assert json.loads((out / "config.json").read_text())["num_processes"] == 2
+    assert (out / "checkpoints" / "step_000002" / "state.json").is_file()
