@@ -29,7 +29,6 @@ from store.enums import FINISHED_STATUSES, RunStatus
 from store.models import Run
 from trainer.callbacks import Sample
 from trainer.config import EvalConfig, TrainConfig, format_validation_error
-from trainer.rewards.remote import reward_hosts
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +223,10 @@ def _execute(run_id: int, ctx: JobContext, prepare: Callable[[Run], _Job]) -> Ou
     if ctx.shutting_down():  # stopped between delivery and here: give the run back before loading any model
         job.callback.close()
         return _preempt(ctx, run)
+    # Imported here, not at the top: at module level it added ~0.45 s to every pool child's start (measured on 50
+    # cancelled runs, 0.82 -> 1.27 s per message), which every job pays, a skipped one too.
+    from trainer.rewards.remote import reward_hosts
+
     try:
         with Heartbeat(ctx, run, job.callback), reward_hosts(ctx.reward_hosts):
             stopped = job.work()
