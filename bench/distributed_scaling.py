@@ -25,18 +25,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _rank_main(config_json: str, out: str, report: str) -> None:
-    """One rank: train() with the collectives timed; rank 0 writes the per-step timings as JSON."""
-    import torch
+def _timed_ranks(comm: list[float]):
+    """A Ranks subclass that adds the seconds of every collective of the loop, and of DDP's all-reduces, to `comm`."""
     import torch.distributed as dist
 
-    from trainer.callbacks import NullCallback
-    from trainer.config import TrainConfig
-    from trainer.distributed import Ranks, init_from_env, shutdown
-    from trainer.train import train
-
-    torch.set_num_threads(1)
-    comm: list[float] = []  # seconds in blocking collectives, this step
+    from trainer.distributed import Ranks
 
     class TimedRanks(Ranks):
         pass
@@ -73,6 +66,21 @@ def _rank_main(config_json: str, out: str, report: str) -> None:
         return ddp
 
     TimedRanks._wrapped = hooked
+    return TimedRanks
+
+
+def _rank_main(config_json: str, out: str, report: str) -> None:
+    """One rank: train() with the collectives timed; rank 0 writes the per-step timings as JSON."""
+    import torch
+
+    from trainer.callbacks import NullCallback
+    from trainer.config import TrainConfig
+    from trainer.distributed import init_from_env, shutdown
+    from trainer.train import train
+
+    torch.set_num_threads(1)
+    comm: list[float] = []  # seconds in blocking collectives, this step
+    TimedRanks = _timed_ranks(comm)
     base, _ = init_from_env("cpu")
     ranks = TimedRanks(rank=base.rank, world_size=base.world_size, device=base.device)
     steps: list[dict[str, float]] = []

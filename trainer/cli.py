@@ -77,18 +77,14 @@ def _train(args: argparse.Namespace) -> int:
         overrides.append(f"num_processes={os.environ['WORLD_SIZE']}")  # `torchrun ... -m flowdppo train` directly
     try:
         config = resolve_config(args.config, overrides)
+        ranks, device = init_from_env(args.device)  # torchrun's process group, or one rank
     except ValidationError as err:
         print(f"invalid config:\n{format_validation_error(err)}", file=sys.stderr)
         return 2
-    except ValueError as err:
+    except (ValueError, DistributedSetupError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     out = args.out or Path("runs") / Path(args.config).stem
-    try:
-        ranks, device = init_from_env(args.device)
-    except DistributedSetupError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     if not ranks.is_main:  # spec §12: rank 0 alone writes the folder, the progress bar and the mirrors
         try:
             train(config, NullCallback(), out_dir=out, device=device, ranks=ranks)
@@ -98,20 +94,7 @@ def _train(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(config.to_json())
     bar = tqdm(total=config.steps, desc=Path(args.config).stem, unit="step")
-
-    class ProgressBar(NullCallback):
-        def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
-            if step == 0:
-                return
-            bar.update(step - bar.n)
-            shown = {
-                k.split("/")[-2] if k.count("/") > 1 else k: metrics[k]
-                for k in ("reward/total/mean", "eval/reward/total/mean", "kl_old/mean")
-                if k in metrics
-            }
-            bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()})
-
-    primary = CallbackList([JsonlCallback(out), ProgressBar()])
+    primary = CallbackList([JsonlCallback(out), _progress_bar(bar)])
     try:  # config.trackers: TensorBoard folders / MLflow databases inside `out`, or an MLflow server
         callback = with_mirrors(
             primary,
@@ -135,6 +118,25 @@ def _train(args: argparse.Namespace) -> int:
         shutdown()
     print(f"{result.steps_completed} steps; metrics, samples and checkpoints in {out}")
     return 0
+
+
+def _progress_bar(bar):
+    """A callback that moves the tqdm `bar` to each reported step, with the step's reward and D beside it."""
+    from trainer.callbacks import NullCallback
+
+    class ProgressBar(NullCallback):
+        def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
+            if step == 0:
+                return
+            bar.update(step - bar.n)
+            shown = {
+                k.split("/")[-2] if k.count("/") > 1 else k: metrics[k]
+                for k in ("reward/total/mean", "eval/reward/total/mean", "kl_old/mean")
+                if k in metrics
+            }
+            bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()})
+
+    return ProgressBar()
 
 
 def _launch_ranks(args: argparse.Namespace, overrides: list[str]) -> int:

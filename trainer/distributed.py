@@ -132,6 +132,12 @@ class Ranks:
         device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
         return cls(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device)
 
+    def expect(self, num_processes: int) -> Ranks:
+        """self, when the config's rank count is this process group's; a ValueError naming both otherwise."""
+        if num_processes != self.world_size:
+            raise ValueError(f"num_processes={num_processes} but this run has {self.world_size} ranks")
+        return self
+
     @property
     def is_main(self) -> bool:
         return self.rank == 0

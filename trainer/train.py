@@ -69,9 +69,7 @@ def train(
     Under torchrun (`ranks`, default: the initialised process group) every rank calls train() alike; rank 0 alone
     reports through `callback`, evaluates and writes checkpoints (spec §12).
     """
-    ranks = ranks or Ranks.current()
-    if config.num_processes != ranks.world_size:
-        raise ValueError(f"num_processes={config.num_processes} but this run has {ranks.world_size} ranks")
+    ranks = (ranks or Ranks.current()).expect(config.num_processes)
     model = model or load_model(config, device)
     run = _Run(
         config=config,
