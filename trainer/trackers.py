@@ -16,7 +16,8 @@ import posixpath
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -166,12 +167,17 @@ class MirroredCallback(NullCallback):
     """The run's primary callback plus mirrors. Only the primary's errors propagate; should_stop is the primary's."""
 
     def __init__(self, primary: Callback, mirrors: Sequence[Any]):
-        self.primary, self.mirrors = primary, list(mirrors)
+        self.primary, self.mirrors, self.stopped = primary, list(mirrors), False
         self._warn = {id(m): _Warner(m.name) for m in self.mirrors}
 
     def __getattr__(self, name: str) -> Any:
         """Anything else is the primary's (e.g. the worker's StoreCallback.owned), so wrapping changes nothing."""
-        if name in ("primary", "mirrors", "_warn"):  # not yet set (copy, unpickling): no recursion into primary
+        if name in (
+            "primary",
+            "mirrors",
+            "stopped",
+            "_warn",
+        ):  # not yet set (copy, unpickling): no recursion into primary
             raise AttributeError(name)
         return getattr(self.primary, name)
 
@@ -194,7 +200,8 @@ class MirroredCallback(NullCallback):
         self.primary.on_checkpoint(step, path)
 
     def should_stop(self) -> bool:
-        return self.primary.should_stop()
+        self.stopped = self.primary.should_stop()  # the run ends early: its mirrors end KILLED, not FINISHED
+        return self.stopped
 
     def close(self, status: str = "FINISHED") -> None:
         """End every mirror (MLflow: the run's status FINISHED, FAILED or KILLED); the primary is the caller's."""
@@ -240,3 +247,38 @@ def with_mirrors(
         except Exception as err:  # a tracker that cannot start never fails the run
             _Warner(spec.kind)("start", err)
     return MirroredCallback(primary, mirrors)
+
+
+@contextmanager
+def mirrored(
+    primary: Callback,
+    config: Any,
+    out_dir: Path,
+    *,
+    run_name: str,
+    run_key: str,
+    allowed_hosts: Sequence[str] | None = (),
+    note: Callable[[str], None] = log.warning,
+) -> Iterator[Callback]:
+    """`primary` mirrored to `config.trackers` (a TrainConfig's) for the `with` block, `primary` itself when there
+    are none; then the mirrors end with the run's status: FAILED if the block raised, KILLED if it stopped early,
+    else FINISHED.
+
+    Remote MLflow servers not in `allowed_hosts` (default none: the platform's rule, checked again where the run
+    executes; None = no check) are left out and said through `note`. A missing extra raises ImportError first.
+    """
+    specs = list(config.trackers)
+    if allowed_hosts is not None and (refused := refused_hosts(specs, allowed_hosts)):
+        note(f"trackers left out, MLflow servers not allowed here: {', '.join(refused)} (docs/trackers.md)")
+        specs = [spec for spec in specs if not refused_hosts([spec], allowed_hosts)]
+    if not specs:
+        yield primary
+        return
+    params = config.model_dump(mode="json")
+    callback = with_mirrors(primary, specs, out_dir, run_name=run_name, run_key=run_key, params=params)
+    status = "FAILED"
+    try:
+        yield callback
+        status = "KILLED" if callback.stopped else "FINISHED"
+    finally:
+        callback.close(status)

@@ -250,11 +250,15 @@ def _training_job(run: Run, *, ctx: JobContext, train_fn: Callable[..., Any] | N
         resume_from = _recorded_checkpoint(ctx, run.id, out_dir)
         if resume_from is not None:
             _event(ctx, run.id, f"resuming from checkpoint {artifacts.relative_to_data(ctx.data_dir, resume_from)}")
-        if config.num_processes > 1:  # spec §12: torchrun ranks, rank 0 relayed into this callback (worker/ranks.py)
-            from worker.ranks import run_ranks_job
+        from trainer.trackers import mirrored  # config.trackers, only inside the run's folder (docs/trackers.md)
 
-            return run_ranks_job(ctx, run, config, callback, out_dir)
-        return bool(train(config, callback, out_dir=out_dir, device=ctx.device, resume=True).stopped)
+        name, note = run.name or f"run-{run.id}", functools.partial(_event, ctx, run.id, level="warning")
+        with mirrored(callback, config, out_dir, run_name=name, run_key=f"platform:{run.id}", note=note) as reporting:
+            if config.num_processes > 1:  # spec §12: torchrun ranks, rank 0 relayed here (worker/ranks.py)
+                from worker.ranks import run_ranks_job
+
+                return run_ranks_job(ctx, run, config, reporting, out_dir)
+            return bool(train(config, reporting, out_dir=out_dir, device=ctx.device, resume=True).stopped)
 
     return _Job(callback, work)
 

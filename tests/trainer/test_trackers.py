@@ -25,6 +25,7 @@ from trainer.trackers import (
     TensorBoardMirror,
     TrackerSpec,
     flatten_params,
+    mirrored,
     refused_hosts,
 )
 
@@ -169,6 +170,27 @@ def test_failing_mirror_warns_once_and_never_stops_the_run(caplog):
     assert not callback.should_stop()
     primary.owned = True  # e.g. the worker's StoreCallback attributes stay reachable through the wrapper
     assert callback.owned and callback.steps is primary.steps
+
+
+def test_mirrored_ends_the_mlflow_run_with_the_runs_status(tmp_path):
+    config = TrainConfig(trackers=[{"kind": "mlflow", "uri": "sqlite:///m.db"}])
+
+    class Stopping(Recorder):
+        def should_stop(self):
+            return True
+
+    with mirrored(Stopping(), config, tmp_path, run_name="stopped", run_key="a") as callback:
+        callback.on_metrics(1, {"x": 1.0})
+        assert callback.should_stop()
+    with pytest.raises(RuntimeError), mirrored(Recorder(), config, tmp_path, run_name="failed", run_key="b") as cb:
+        cb.on_metrics(1, {"x": 1.0})
+        raise RuntimeError("the trainer's error")
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'm.db'}")
+    found = client.search_runs([client.get_experiment_by_name("flowdppo").experiment_id])
+    assert {r.info.run_name: r.info.status for r in found} == {"stopped": "KILLED", "failed": "FAILED"}
+    primary = Recorder()
+    with mirrored(primary, TrainConfig(), tmp_path, run_name="none", run_key="c") as callback:
+        assert callback is primary  # no trackers: nothing wrapped
 
 
 def test_a_slow_tracker_never_holds_a_step(caplog):
