@@ -51,12 +51,15 @@ def message_run_id(raw: bytes | str) -> int | None:
         return None
 
 
-def waiting_run_ids(app: Celery, *, broker_folder: Path | None = None) -> set[int] | None:
-    """Ids of the runs with a job message waiting in one of `app`'s queues; None when this broker cannot be listed.
+def waiting_run_ids(
+    app: Celery, *, broker_folder: Path | None = None, extra_queues: Iterable[str] = ()
+) -> set[int] | None:
+    """Ids of the runs with a job message waiting in one of `app`'s queues (and `extra_queues`: the train-w<W> queues
+    of runs of several ranks, spec §12); None when this broker cannot be listed.
 
     Raises the broker's connection error when it is down (the caller skips that pass).
     """
-    queues = [q.name for q in app.conf.task_queues or []]
+    queues = list(dict.fromkeys([*(q.name for q in app.conf.task_queues or []), *extra_queues]))
     url = app.conf.broker_url or ""
     if url.startswith("filesystem"):
         folder = Path(app.conf.broker_transport_options.get("data_folder_out") or (broker_folder or Path()) / "out")

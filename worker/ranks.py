@@ -24,15 +24,17 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sqlalchemy import func, select
+
 from store import lifecycle, runs
 from store.broker import Queue, train_queue
 from store.enums import RunStatus
+from store.models import Run
 from trainer.relay import PARENT_PID_ENV, RelayReader, die_with_parent
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
 
-    from store.models import Run
     from trainer.callbacks import Callback
     from trainer.config import TrainConfig
     from worker.jobs import JobContext
@@ -139,6 +141,15 @@ def forward_queue(run_id: int, session_factory: sessionmaker[Session], capacity:
         )
         runs.add_event(session, run_id=run_id, message=message)
     return queue
+
+
+def queued_rank_queues(session: Session) -> list[str]:
+    """The train-w<W> queues that queued runs of W > 1 ranks wait in (the reaper lists them for lost messages)."""
+    ranks = func.coalesce(Run.config["num_processes"].as_integer(), 1)
+    counts = session.scalars(
+        select(ranks).where(Run.status == RunStatus.QUEUED, Run.kind == Queue.TRAIN.value, ranks > 1).distinct()
+    )
+    return sorted(train_queue(int(w)) for w in counts)
 
 
 def _kill(proc: subprocess.Popen) -> None:

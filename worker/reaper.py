@@ -17,6 +17,7 @@ from store import lifecycle
 from store.enums import RunStatus
 from store.models import Run
 from worker.lost_messages import MissingMessages, waiting_run_ids
+from worker.ranks import queued_rank_queues
 from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,9 @@ def resend_lost_messages(
 ) -> list[int]:
     """Re-send the queued runs whose job message is gone from the broker (worker/lost_messages.py)."""
     try:
-        waiting = waiting_run_ids(app)  # before the database read: a run queued after it is only noted
+        with factory() as session:  # the queues of the rank counts waiting (a W > 1 run waits in train-w<W>)
+            extra = queued_rank_queues(session)
+        waiting = waiting_run_ids(app, extra_queues=extra)  # before the database read: a later run is only noted
     except Exception as err:  # the broker is down: nothing can be sent now anyway
         log.warning("reaper: cannot list the broker's queues (%s)", err)
         return []
