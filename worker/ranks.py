@@ -30,7 +30,6 @@ from store import lifecycle, runs
 from store.broker import Queue, train_queue
 from store.enums import RunStatus
 from store.models import Run
-from trainer.relay import PARENT_PID_ENV, RelayReader, die_with_parent
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
@@ -74,6 +73,8 @@ def train_ranks(
 
     Raises RanksFailed (a rank's own error) or RanksLost (a rank died or hung).
     """
+    from trainer.relay import PARENT_PID_ENV, RelayReader, die_with_parent  # torch: only where ranks are started
+
     relay = Path(out_dir) / RELAY
     shutil.rmtree(relay, ignore_errors=True)  # a previous attempt's events were replayed by that attempt
     relay.mkdir(parents=True)
