@@ -88,6 +88,20 @@ def metric_title(key: str) -> str:
     return TITLES.get(key, key)
 
 
+def _metric_grid(keys: list[str], columns: int) -> tuple[go.Figure, int]:
+    """Subplots for `keys`, `columns` a row, each titled by its metric; returns (figure, number of rows)."""
+    keys = keys or ["(no metric selected)"]
+    rows = math.ceil(len(keys) / columns)
+    fig = make_subplots(
+        rows=rows,
+        cols=columns,
+        subplot_titles=[metric_title(k) for k in keys],
+        horizontal_spacing=0.08,
+        vertical_spacing=min(0.12, 0.35 / max(rows - 1, 1)),
+    )
+    return fig, rows
+
+
 def metric_figure(
     lines: Mapping[str, Sequence[Line]],
     *,
@@ -101,15 +115,7 @@ def metric_figure(
 
     The legend has one entry per run (legendgroup): clicking it hides that run in every subplot.
     """
-    keys = list(lines) or ["(no metric selected)"]
-    rows = math.ceil(len(keys) / columns)
-    fig = make_subplots(
-        rows=rows,
-        cols=columns,
-        subplot_titles=[metric_title(k) for k in keys],
-        horizontal_spacing=0.08,
-        vertical_spacing=min(0.12, 0.35 / max(rows - 1, 1)),
-    )
+    fig, rows = _metric_grid(list(lines), columns)
     traces, rows_of, cols_of = [], [], []
     in_legend: set[int] = set()
     for i, key in enumerate(lines):
@@ -283,15 +289,7 @@ def variant_colors(labels: Sequence[str]) -> dict[str, str]:
 
 def band_figure(bands: Mapping[str, Sequence[Band]], *, x_title: str = "step", columns: int = 2) -> go.Figure:
     """One subplot per metric; per variant its mean over seeds and the 95% band (fill between hi and lo)."""
-    keys = list(bands) or ["(no metric selected)"]
-    rows = math.ceil(len(keys) / columns)
-    fig = make_subplots(
-        rows=rows,
-        cols=columns,
-        subplot_titles=[metric_title(k) for k in keys],
-        horizontal_spacing=0.08,
-        vertical_spacing=min(0.12, 0.35 / max(rows - 1, 1)),
-    )
+    fig, rows = _metric_grid(list(bands), columns)
     traces, rows_of, cols_of, shown = [], [], [], set()
     for i, key in enumerate(bands):
         row, col = i // columns + 1, i % columns + 1
