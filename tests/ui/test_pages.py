@@ -18,6 +18,7 @@ from api.services import samples as sample_service
 from store import metrics
 from store import runs as store_runs
 from trainer.config import TrainConfig
+from trainer.losses import LOSSES
 from ui import compare, detail, review, runs, samples, submit
 from ui.app import CACHE_CLEANUP, build_dashboard, latest_group, login
 from ui.common import comparison_choices, latest_run_id, run_choices
@@ -91,7 +92,7 @@ def test_config_form_covers_every_field_in_its_group() -> None:
     assert sorted(fields) == sorted(TrainConfig.model_fields)  # a new field shows up without a UI change
     assert {"model", "loss", "optimisation"} <= set(groups) and "loss" in groups["loss"]
     specs = {s.name: s for s in submit.form_specs()}
-    assert specs["loss"].widget == "dropdown" and set(specs["loss"].choices) == {"dppo", "clip", "none"}
+    assert specs["loss"].widget == "dropdown" and set(specs["loss"].choices) == set(LOSSES)  # the registry
     assert specs["noise_level"].widget == "text" and specs["steps"].widget == "number" and specs["steps"].integer
     assert specs["shared_initial_noise"].widget == "checkbox" and specs["ema_decay"].widget == "text"
     # every preset survives the round trip through the widgets unchanged
