@@ -174,13 +174,10 @@ class RunEvent(Base):
 
 
 class Metric(Base):
-    """One scalar point. Unique on (run, key, step): a redelivered job overwrites, never doubles, a point.
-
-    The unique index also carries `value` on PostgreSQL, so a series is read by an index-only scan (migration 0003).
-    """
+    """One scalar point. Unique on (run, key, step): a redelivered job overwrites, never doubles, a point."""
 
     __tablename__ = "metrics"
-    __table_args__ = (Index("ix_metrics_series", "run_id", "key", "step", unique=True, postgresql_include=["value"]),)
+    __table_args__ = (UniqueConstraint("run_id", "key", "step"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))

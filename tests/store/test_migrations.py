@@ -10,7 +10,7 @@ from store.migrate import current_revision, upgrade
 from store.models import Base
 from store.session import make_engine
 
-HEAD = "0003"
+HEAD = "0002"
 
 
 def _check_schema(url: str) -> None:
