@@ -82,6 +82,8 @@ def run_one(preset: str, overrides: dict, seed: int, steps: int, eval_every: int
 
 
 def fmt(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
+    if any(v != v for v in values):  # NaN: the method has no such metric (nft's trust region)
+        return "-"
     mean = statistics.mean(values) * scale
     std = statistics.pstdev(values) * scale
     return f"{mean:.{digits}f}±{std:.{digits}f}"
