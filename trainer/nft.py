@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from trainer.config import TrainConfig
@@ -18,7 +17,7 @@ from trainer.divergence import gaussian_kl
 from trainer.losses import FlowMatchInputs, compute_loss
 from trainer.models.base import FlowModel, select_embeds
 from trainer.old_weights import nft_old_decay, pull_toward
-from trainer.rollout import step_generator
+from trainer.rollout import draw_initial_noise, draw_prompts, step_generator
 from trainer.sampling import sample_ode, transition
 from trainer.state import TrainState
 from trainer.stats import StepStats
@@ -36,13 +35,6 @@ class OdeRollout:
     sigmas: torch.Tensor  # (T+1,)
 
 
-def sample_generator(seed: int, step: int, purpose: int, *index: int) -> torch.Generator:
-    """A CPU generator for one sample's draw: (seed, step, purpose, index...) mixed by SeedSequence (spec §12)."""
-    return torch.Generator().manual_seed(
-        int(np.random.SeedSequence([seed, step, purpose, *index]).generate_state(1)[0])
-    )
-
-
 @torch.no_grad()
 def collect_ode_rollout(
     model: FlowModel,
@@ -58,11 +50,8 @@ def collect_ode_rollout(
     """
     gen = step_generator(config.seed, step, purpose=ROLLOUT)
     P, G = config.prompts_per_step, config.group_size
-    picks = torch.randint(len(prompt_set), (P,), generator=gen).tolist()
-    prompts = [prompt_set[i] for i in picks for _ in range(G)]  # (B,) grouped
-    noise = torch.randn((P if config.shared_initial_noise else P * G, *model.sample_shape), generator=gen)
-    if config.shared_initial_noise:  # spec §5
-        noise = noise.repeat_interleave(G, dim=0)
+    prompts, group_ids = draw_prompts(config, prompt_set, gen)  # (B,), (B,)
+    noise = draw_initial_noise(config, model.sample_shape, gen)  # (B, *latent)
     embeds = model.encode_prompts(prompts)
     chunk = config.micro_batch_size or P * G
     model.eval()
@@ -73,7 +62,7 @@ def collect_ode_rollout(
             x = noise[lo : lo + chunk].to(model.device)
             velocity = lambda x, s, emb=emb: model.velocity(x, s, emb, config.guidance_scale)  # noqa: E731
             finals.append(sample_ode(velocity, x, sigmas, model.dtype))
-    return OdeRollout(prompts, torch.arange(P).repeat_interleave(G), torch.cat(finals), sigmas)
+    return OdeRollout(prompts, group_ids, torch.cat(finals), sigmas)
 
 
 def nft_update(
@@ -92,7 +81,7 @@ def nft_update(
     B, J = len(adv), config.nft_timesteps
     levels = torch.stack(
         [
-            torch.randperm(config.num_steps, generator=sample_generator(config.seed, state.step, LEVELS, i))[:J]
+            torch.randperm(config.num_steps, generator=step_generator(config.seed, state.step, LEVELS, i))[:J]
             for i in range(B)
         ]
     )  # (B, J) grid indices, shuffled per sample
@@ -131,7 +120,7 @@ def _flow_match_backward(model, config, rollout, embeds, adv, rows, grid, key, s
     x0 = rollout.final[rows].to(model.device, torch.float32)  # (n, *latent)
     shape = x0.shape[1:]
     eps = torch.stack(
-        [torch.randn(shape, generator=sample_generator(config.seed, step, NOISE, int(i), j)) for i in rows]
+        [torch.randn(shape, generator=step_generator(config.seed, step, NOISE, int(i), j)) for i in rows]
     )
     s = rollout.sigmas[grid].to(model.device)  # (n,)
     s_ = s.reshape(-1, *([1] * len(shape)))

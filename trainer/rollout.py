@@ -14,10 +14,31 @@ from trainer.sampling import Trajectory, draw_sde_steps, sample_trajectory
 KL_REF_MONITOR_SAMPLES = 16  # with beta = 0, drift from the base is measured on this many rollout samples
 
 
-def step_generator(seed: int, step: int, purpose: int) -> torch.Generator:
-    """Every random draw of a run comes from (seed, step, purpose): resume needs no RNG state, same seed same run."""
-    # SeedSequence mixes the three numbers: no (seed, step, purpose) shares a stream with another.
-    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step, purpose]).generate_state(1)[0]))
+def step_generator(seed: int, step: int, purpose: int, *index: int) -> torch.Generator:
+    """Every random draw of a run comes from (seed, step, purpose): resume needs no RNG state, same seed same run.
+
+    `index` keys a per-sample draw (e.g. the global sample index, spec §12) without changing the streams of the
+    draws that have none.
+    """
+    # SeedSequence mixes the numbers: no (seed, step, purpose, *index) shares a stream with another.
+    return torch.Generator().manual_seed(
+        int(np.random.SeedSequence([seed, step, purpose, *index]).generate_state(1)[0])
+    )
+
+
+def draw_prompts(config: TrainConfig, prompt_set: list[str], gen: torch.Generator) -> tuple[list[str], torch.Tensor]:
+    """P prompts from the set, each repeated G times: (prompts (B,) grouped, group ids (B,))."""
+    P, G = config.prompts_per_step, config.group_size
+    picks = torch.randint(len(prompt_set), (P,), generator=gen).tolist()
+    return [prompt_set[i] for i in picks for _ in range(G)], torch.arange(P).repeat_interleave(G)
+
+
+def draw_initial_noise(config: TrainConfig, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+    """(B, *shape) initial noise at s = 1, per sample or shared by each group (`shared_initial_noise`, spec §5)."""
+    P, G = config.prompts_per_step, config.group_size
+    # Shared initial noise makes the group's spread come from the policy's own stochastic steps (spec §5).
+    noise = torch.randn((P if config.shared_initial_noise else P * G, *shape), generator=gen)
+    return noise.repeat_interleave(G, dim=0) if config.shared_initial_noise else noise
 
 
 @dataclass
@@ -51,15 +72,10 @@ def collect_rollout(
     """
     gen = step_generator(config.seed, step, purpose=1)
     P, G = config.prompts_per_step, config.group_size
-    picks = torch.randint(len(prompt_set), (P,), generator=gen).tolist()
-    prompts = [prompt_set[i] for i in picks for _ in range(G)]  # (B,) grouped
-    group_ids = torch.arange(P).repeat_interleave(G)  # (B,)
+    prompts, group_ids = draw_prompts(config, prompt_set, gen)  # (B,), (B,)
     sde_steps = draw_sde_steps(config.sde_window_steps, config.num_sde_steps, gen)
     shape = model.sample_shape
-    # Shared initial noise makes the group's spread come from the policy's own stochastic steps (spec §5).
-    noise = torch.randn((P if config.shared_initial_noise else P * G, *shape), generator=gen)
-    if config.shared_initial_noise:
-        noise = noise.repeat_interleave(G, dim=0)
+    noise = draw_initial_noise(config, shape, gen)  # (B, *shape)
     # SDE noise drawn on the CPU for the whole batch: same seed, same run on any device and any chunking.
     sde_noise = torch.randn((P * G, len(sde_steps), *shape), generator=gen)
     embeds = model.encode_prompts(prompts)
