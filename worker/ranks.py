@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0  # relay replay and should_stop polling
 STOP_GRACE_SECONDS = 600.0  # after a stop request the ranks finish their step and checkpoint, or are killed
+EXIT_GRACE_SECONDS = 30.0  # rank 0 wrote its result (after the checkpoint and the group's shutdown): exit or be killed
 KILL_WAIT_SECONDS = 10.0  # torchrun's own SIGTERM -> SIGKILL escalation for its ranks takes up to 30 s more
 RELAY = "relay"
 
@@ -81,7 +82,7 @@ def train_ranks(
     (relay / "config.json").write_text(config.to_json())
     cmd = torchrun_command(relay / "config.json", Path(out_dir), relay, device, config.num_processes)
     env = {**os.environ, PARENT_PID_ENV: str(os.getpid())}
-    reader, stop_deadline = RelayReader(relay), None
+    reader, stop_deadline, exit_deadline = RelayReader(relay), None, None
     with open(relay / "ranks.log", "wb") as output:
         # Own session: the worker's signals do not reach the ranks (a stop goes through the relay); die_with_parent:
         # torchrun is killed with this process, and each rank with torchrun (trainer.relay.main), none orphaned.
@@ -97,12 +98,19 @@ def train_ranks(
                 elif stop_deadline is not None and time.monotonic() > stop_deadline:
                     log.warning("ranks did not stop within %.0f s: killing them", stop_grace_seconds)
                     _kill(proc)
+                if exit_deadline is None and reader.result() is not None:
+                    exit_deadline = time.monotonic() + EXIT_GRACE_SECONDS
+                elif exit_deadline is not None and time.monotonic() > exit_deadline:
+                    # Seen under load: every rank past its work and the group's shutdown, yet one process never
+                    # exits. The run's work is complete (result written after the checkpoint): end the group.
+                    log.warning("ranks did not exit %.0f s after their result: killing them", EXIT_GRACE_SECONDS)
+                    _kill(proc)
                 time.sleep(poll_seconds)
         finally:
             _kill(proc)  # no-op when it exited; the job's own end (an exception here) takes the ranks with it
     reader.replay(callback)
     result = reader.result()
-    if proc.returncode == 0 and result is not None:
+    if result is not None and (proc.returncode == 0 or exit_deadline is not None):
         return bool(result["stopped"])
     own = [e for e in reader.errors() if not e["transient"]]
     if own:

@@ -131,7 +131,7 @@ def test_sigterm_preempts_all_ranks_and_a_new_worker_resumes_the_run(stack, tiny
     """A stopped worker (deploy, preemptible node): both ranks checkpoint at one step boundary and exit, the run is
     queued again and re-sent, and the next worker resumes it from that checkpoint."""
     first, _ = start_rank_worker(stack)
-    total = 12
+    total = 40  # long enough that the stop (SIGTERM -> 1 s poll -> rank 0's next step boundary) lands before the end
     run_id = submit(stack, tiny_config(steps=total, num_processes=2, sample_every=0, checkpoint_every=0))
     stack.wait(run_id, lambda r: r.status == "running" and r.step >= 2, timeout=240, what="running")
     relay = artifacts.run_dir(stack.settings.DATA_DIR, run_id) / "relay"
