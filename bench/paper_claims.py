@@ -5,10 +5,14 @@
 
 Protocol, fixed here before any run (the doc repeats it; whatever the numbers say is the result):
 
-- Domain and budget. The built-in shapes domain, preset shapes-dppo as the base (P = 16 prompts x G = 8 samples per
-  step, lr 1e-4, full fine-tuning, shared initial noise, flow_sde sampler); every method of a claim runs with the same
-  P, G and steps, so with equal rollouts (images sampled). Held-out reward = `eval/reward/total/mean`: the ODE sampler
-  (40 steps) on the held-out prompts, 36 images, every 10 steps and at step 0 (the base model).
+- Domain and budget. The built-in shapes domain, preset shapes-dppo as the base (lr 1e-4, full fine-tuning, shared
+  initial noise, flow_sde sampler) with P = 8 prompts x G = 8 samples per step (the preset has P = 16); every method
+  of a claim runs with the same P, G and steps, so with equal rollouts (images sampled): 100 steps, 300 for C2.
+  Held-out reward = `eval/reward/total/mean`: the ODE sampler (40 steps) on the held-out prompts, 36 images, every
+  10 steps and at step 0 (the base model).
+- Size. Resized once, before any full-study run: the first version (P = 16, 150 steps) was measured at 2.7-2.8 s per
+  step per single-thread process with two running (2 idle cores), 4.7 h for the study; P = 8 measured 1.9 s (I = 1)
+  and 2.4 s (I = 2) per step with an evaluation every 5 steps, so 100 steps (300 for C2) fit about two hours.
 - Seeds. The same seeds for every method of a cell (0, 1, ...): 5 where the expected difference is small (dppo vs
   clip, C1 and C3), 3 elsewhere. Differences are paired by seed.
 - Thresholds. "paper": delta = 1e-5 and clip_range = 1e-4 with mean reduction (spec §4), values chosen for SD3.5's
@@ -29,7 +33,8 @@ Protocol, fixed here before any run (the doc repeats it; whatever the numbers sa
   -EQUIVALENCE_MARGIN), else "inconclusive"; a claim with several sub-claims is reproduced when all are, not
   reproduced when any is not, else inconclusive. With fewer than 2 paired seeds: inconclusive.
 - Parallelism: at most 2 training processes at a time, OMP_NUM_THREADS=1 each. Each finished run is cached under
-  --out as JSON, so an interrupted study resumes.
+  --out as JSON (the full study's in docs/results/runs, committed), so an interrupted study resumes; --report-only
+  writes the doc from the runs cached so far and lists the runs still missing.
 """
 
 from __future__ import annotations
@@ -61,6 +66,10 @@ METHODS: dict[str, dict[str, Any]] = {
 }
 # --quick only: a smaller batch and a cheaper evaluation, so the smoke pass fits a few minutes of a shared machine
 QUICK_OVERRIDES = {"prompts_per_step": 4, "eval_num_samples": 8, "eval_num_steps": 10}
+STUDY_OVERRIDES = {"prompts_per_step": 8}  # the Size paragraph of the protocol
+# The full study's runs are data behind docs/results.md, committed beside it; the smoke pass's are not.
+STUDY_CACHE = Path(__file__).resolve().parent.parent / "docs" / "results" / "study"
+QUICK_CACHE = Path("/tmp/paper_claims-quick")
 MULTI_REWARD = {"rewards": [{"name": "shapes"}, {"name": "jpeg_compressibility"}], "reward_aggregation": "gdpo"}
 
 
@@ -71,7 +80,7 @@ class Cell:
     key: str  # unique, also the cache file prefix
     method: str
     overrides: dict[str, Any] = field(default_factory=dict)
-    steps: int = 150
+    steps: int = 100
     seeds: int = 3
     thresholds: str = "paper"  # or "calibrated"
 
@@ -90,12 +99,12 @@ def available(method: str) -> str | None:
 
 
 def study_cells(quick: bool) -> dict[str, list[Cell]]:
-    """The claims' cells. Full: 150 steps (300 for C2), 5 seeds for dppo vs clip, 3 elsewhere. Quick: 4 steps, 2.
+    """The claims' cells. Full: 100 steps (300 for C2), 5 seeds for dppo vs clip, 3 elsewhere. Quick: 4 steps, 2.
 
-    C2's I1 reference is C1's calibrated dppo and clip (G8-I1, 150 steps); C3 reads C1's paper-threshold runs; C6
+    C2's I1 reference is C1's calibrated dppo and clip (G8-I1, 100 steps); C3 reads C1's paper-threshold runs; C6
     compares with C1's calibrated dppo (the same config and seeds).
     """
-    s, long, few, many = (4, 6, 2, 2) if quick else (150, 300, 3, 5)
+    s, long, few, many = (4, 6, 2, 2) if quick else (100, 300, 3, 5)
     both = ("paper", "calibrated")
     c1 = [Cell(f"c1-{m}-{t}", m, steps=s, seeds=many, thresholds=t) for t in both for m in ("dppo", "clip")]
     c1 += [Cell(f"c1-{m}", m, steps=s, seeds=few) for m in ("grpo_guard", "nft")]
@@ -168,7 +177,7 @@ def calibrate(out: Path, quick: bool) -> dict[str, float]:
     if path.exists():
         return json.loads(path.read_text())
     steps = 4 if quick else CALIBRATION_STEPS
-    overrides = {"loss": "none", **(QUICK_OVERRIDES if quick else {})}
+    overrides = {"loss": "none", **(QUICK_OVERRIDES if quick else STUDY_OVERRIDES)}
     job = {"overrides": overrides, "seed": 100, "steps": steps, "eval_every": EVAL_EVERY, "measure_ratio": True}
     result = run_job(job)
     d50 = [v for s, v in sorted(result["series"].get("kl_old/p50", {}).items()) if s > 1]
@@ -193,7 +202,7 @@ def jobs_of(cells: list[Cell], calibration: dict[str, float], quick: bool) -> li
     eval_every = 2 if quick else EVAL_EVERY  # quick runs are 4-6 steps: evaluate every other step
     out = []
     for cell in cells:
-        overrides = {**(QUICK_OVERRIDES if quick else {}), **METHODS[cell.method], **cell.overrides}
+        overrides = {**(QUICK_OVERRIDES if quick else STUDY_OVERRIDES), **METHODS[cell.method], **cell.overrides}
         if cell.thresholds == "calibrated" and cell.method in ("dppo", "clip", "dppo_symmetric", "dppo_first_order"):
             key = "clip_range" if cell.method == "clip" else "delta"
             overrides.setdefault(key, calibration[key])
@@ -209,24 +218,29 @@ def jobs_of(cells: list[Cell], calibration: dict[str, float], quick: bool) -> li
     return out
 
 
+def cached(out: Path, job: dict[str, Any]) -> Path:
+    return out / "runs" / f"{job['cell']}-s{job['seed']}.json"
+
+
 def run_all(jobs: list[dict[str, Any]], out: Path, workers: int) -> dict[str, list[dict[str, Any]]]:
-    """Every job not yet cached, `workers` processes at a time; returns cell key -> results in seed order."""
+    """Every job not yet cached, `workers` processes at a time (none when workers is 0); returns cell key -> the
+    cached results in seed order (jobs without a cached run left out)."""
     import multiprocessing
 
     runs = out / "runs"
     runs.mkdir(parents=True, exist_ok=True)
-    todo = [j for j in jobs if not (runs / f"{j['cell']}-s{j['seed']}.json").exists()]
-    if todo:
+    todo = [j for j in jobs if not cached(out, j).exists()]
+    if todo and workers > 0:
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = {pool.submit(run_job, j): j for j in todo}
             for i, future in enumerate(as_completed(futures), 1):
                 j = futures[future]
                 result = {**future.result(), "job": j}
-                (runs / f"{j['cell']}-s{j['seed']}.json").write_text(json.dumps(result))
+                cached(out, j).write_text(json.dumps(result))
                 print(f"[{i}/{len(todo)}] {j['cell']} seed {j['seed']}: {result['seconds']:.0f} s", flush=True)
     results: dict[str, list[dict[str, Any]]] = {}
-    for j in jobs:
-        data = json.loads((runs / f"{j['cell']}-s{j['seed']}.json").read_text())
+    for j in (j for j in jobs if cached(out, j).exists()):
+        data = json.loads(cached(out, j).read_text())
         data["series"] = {k: {int(s): v for s, v in pts.items()} for k, pts in data["series"].items()}
         results.setdefault(j["cell"], []).append(data)
     return results
@@ -244,32 +258,43 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="Smoke pass: 4-6 steps, 2 seeds (verdicts mean nothing).")
     parser.add_argument("--workers", type=int, default=2, help="Training processes at a time (default 2).")
-    parser.add_argument("--out", type=Path, default=None, help="Run cache (default /tmp/paper_claims[-quick]).")
+    parser.add_argument(
+        "--out", type=Path, default=None, help=f"Run cache (default {STUDY_CACHE}, quick {QUICK_CACHE})."
+    )
+    parser.add_argument(
+        "--report-only", action="store_true", help="Train nothing: the doc from the cached runs (a partial study)."
+    )
     parser.add_argument("--doc", type=Path, default=Path("docs/results.md"))
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the spawned training processes
-    out = args.out or Path("/tmp/paper_claims" + ("-quick" if args.quick else ""))
+    out = args.out or (QUICK_CACHE if args.quick else STUDY_CACHE)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     missing = {m: why for m in METHODS if (why := available(m)) is not None}
     cells = {claim: [c for c in cs if c.method not in missing] for claim, cs in study_cells(args.quick).items()}
+    if args.report_only and not (out / "calibration.json").exists():
+        parser.error(f"--report-only: no calibration run cached under {out}; run the study first")
     calibration = calibrate(out, args.quick)
     print(f"calibration: {calibration}", flush=True)
     jobs = [j for cs in cells.values() for j in jobs_of(cs, calibration, args.quick)]
-    results = run_all(jobs, out, args.workers)
+    results = run_all(jobs, out, 0 if args.report_only else args.workers)
+    pending = [f"{j['cell']} seed {j['seed']}" for j in jobs if not cached(out, j).exists()]
     from claims_report import write_report
 
     command = "OMP_NUM_THREADS=1 .venv/bin/python bench/paper_claims.py" + (" --quick" if args.quick else "")
+    command += " --report-only" if pending else ""
     write_report(
         args.doc,
         cells=cells,
         results=results,
+        pending=pending,
         calibration=calibration,
         missing=missing,
         quick=args.quick,
         command=command,
         minutes=(time.perf_counter() - started) / 60,
         study_size=study_size(study_cells(quick=False)),
+        cache=STUDY_CACHE.relative_to(STUDY_CACHE.parents[2]),  # the study's, relative to the repo
         cell_info={c.key: asdict(c) for cs in cells.values() for c in cs},
         protocol=__doc__ or "",
     )

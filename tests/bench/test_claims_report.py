@@ -72,8 +72,38 @@ def test_study_cells_and_missing_methods(monkeypatch):
     assert set(quick) == {"C1", "C2", "C3", "C4", "C5", "C6"}
     full = paper_claims.study_cells(quick=False)
     c1 = {c.key: c for c in full["C1"]}
-    assert c1["c1-dppo-paper"].seeds == 5 and c1["c1-dppo-paper"].steps == 150
+    assert c1["c1-dppo-paper"].seeds == 5 and c1["c1-dppo-paper"].steps == 100
     assert all(c.steps >= 300 for c in full["C2"])
     monkeypatch.setitem(paper_claims.METHODS, "imaginary", {"loss": "no-such-loss"})
     assert paper_claims.available("imaginary").startswith("not available")
     assert paper_claims.available("dppo") is None
+
+
+def test_partial_report_names_the_missing_runs(tmp_path, monkeypatch):
+    monkeypatch.setattr(claims_report, "save_pngs", lambda figures, folder: [])  # no Chromium needed here
+    runs = {"c1-dppo-paper": [_run({0: 0.5, 10: 0.7})] * 2, "c1-clip-paper": [_run({0: 0.5, 10: 0.6})] * 2}
+    calibration = {"steps": 4, "D_p50": 1.0, "D_p90": 2.0, "abs_r_minus_1_p50": 0.1, "abs_r_minus_1_p90": 0.2}
+    calibration.update(delta=1.0, clip_range=0.1, seconds=1.0)
+    cells = paper_claims.study_cells(quick=False)
+    doc = tmp_path / "results.md"
+    claims_report.write_report(
+        doc,
+        cells=cells,
+        results=runs,
+        pending=["c1-dppo-paper seed 2", "c6-dppo_first_order seed 0"],
+        calibration=calibration,
+        missing={},
+        quick=False,
+        command="python bench/paper_claims.py --report-only",
+        minutes=0.1,
+        study_size="56 runs",
+        cell_info={c.key: {"method": c.method} for cs in cells.values() for c in cs},
+        protocol="the protocol",
+        cache=Path("docs/results/study"),
+    )
+    text = doc.read_text()
+    assert "PARTIAL STUDY: 2 of the protocol's runs are not done yet**" in text
+    assert "c1-dppo-paper seed 2, c6-dppo_first_order seed 0" in text
+    assert "Regenerate the study: `python bench/paper_claims.py` (56 runs" in text  # without --report-only
+    assert "cached under docs/results/study" in text
+    assert "| C6 | **inconclusive** | no runs" in text
