@@ -2,6 +2,7 @@
 # The one install recipe of both images (docker/Dockerfile), the Makefile's CPU recipe with a choice of torch build:
 #   install.sh torch          a venv at $VENV with $TORCH_SPEC from $TORCH_INDEX_URL; checks the build is $TORCH_EXPECT
 #   install.sh project SRC    the project into that venv; torch stays exactly the build installed above
+#   install.sh user           the non-root user flowdppo ($APP_UID) that owns /data; /models for mounted weights
 # Two steps so that the torch layer (GBs for CUDA) stays cached while the code changes.
 set -eu
 
@@ -13,6 +14,13 @@ torch_version() {
 }
 
 case "${1:-}" in
+user)
+    : "${APP_UID:?build arg APP_UID is required}"
+    groupadd --gid "$APP_UID" flowdppo
+    useradd --uid "$APP_UID" --gid "$APP_UID" --create-home --shell /usr/sbin/nologin flowdppo
+    mkdir -p /data /models
+    chown flowdppo:flowdppo /data
+    ;;
 torch)
     : "${TORCH_SPEC:?build arg TORCH_SPEC is required, e.g. torch==2.13.0}"
     : "${TORCH_INDEX_URL:?build arg TORCH_INDEX_URL is required (the PyTorch index of the cpu or cuNNN build)}"
@@ -48,7 +56,7 @@ project)
     "$VENV/bin/flowdppo" --help >/dev/null
     ;;
 *)
-    echo "usage: install.sh torch | install.sh project SRC" >&2
+    echo "usage: install.sh user | install.sh torch | install.sh project SRC" >&2
     exit 2
     ;;
 esac

@@ -17,7 +17,7 @@ from trainer.divergence import gaussian_kl
 from trainer.losses import FlowMatchInputs, compute_loss
 from trainer.models.base import FlowModel, select_embeds
 from trainer.old_weights import nft_old_decay, pull_toward
-from trainer.rollout import draw_initial_noise, draw_prompts, step_generator
+from trainer.rollout import KL_REF_MONITOR_SAMPLES, draw_initial_noise, draw_prompts, step_generator
 from trainer.sampling import sample_ode, transition
 from trainer.state import TrainState
 from trainer.stats import StepStats
@@ -92,7 +92,7 @@ def nft_update(
         for n, micro in enumerate(rows.split(config.micro_batch_size or len(rows))):
             for j in range(J):
                 scale = len(micro) / len(rows) / J  # the minibatch's loss is the mean over its rows and levels
-                monitor = mb == 0 and n == 0  # beta = 0: kl_ref on one chunk, as the SDE loop's monitor
+                monitor = mb == 0 and n == 0  # beta = 0: kl_ref on a few rows of one chunk, as the SDE loop's monitor
                 micro_stats, kl = _flow_match_backward(
                     model, config, rollout, embeds, adv, micro, levels[micro, j], (state.step, j), scale, monitor
                 )
@@ -129,10 +129,14 @@ def _flow_match_backward(model, config, rollout, embeds, adv, rows, grid, key, s
     with torch.no_grad():  # v_old and v_ref first: switching adapters never happens under a graph being built
         with model.old_policy():
             v_old = model.velocity(x_s, s, emb, config.guidance_scale)
+        # beta > 0: the penalty needs v_ref on every row; beta = 0: the drift monitor reads a few rows only
+        m = len(rows) if config.beta > 0 else min(KL_REF_MONITOR_SAMPLES, len(rows)) if monitor else 0
         v_ref = None
-        if config.beta > 0 or monitor:
+        if m:
             with model.reference():
-                v_ref = model.velocity(x_s, s, emb, config.guidance_scale)
+                v_ref = model.velocity(
+                    x_s[:m], s[:m], select_embeds(embeds, rows[:m].to(model.device)), config.guidance_scale
+                )
     v = model.velocity(x_s, s, emb, config.guidance_scale)
     inputs = FlowMatchInputs(v=v, v_old=v_old, x_s=x_s, x0=x0, s=s, advantages=adv[rows.to(adv.device)])
     loss, stats = compute_loss(config.loss, inputs, config)
@@ -141,7 +145,7 @@ def _flow_match_backward(model, config, rollout, embeds, adv, rows, grid, key, s
     if v_ref is not None:
         if config.beta > 0:  # spec §11: + beta_kl · mean (v - v_ref)²
             loss = loss + config.beta * ((v - v_ref) ** 2).mean()
-        kl_ref = _kl_ref(config, v.detach(), v_ref, x_s, grid, rollout.sigmas)
+        kl_ref = _kl_ref(config, v[:m].detach(), v_ref, x_s[:m], grid[:m], rollout.sigmas)
     stats["loss/total"] = loss.detach()
     (loss * scale).backward()
     return stats, kl_ref

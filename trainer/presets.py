@@ -22,6 +22,17 @@ _SHAPES = dict(
     checkpoint_every=10,
 )
 
+# The real-model presets' reward, from the local paths of docs/real-models.md.
+_PICKSCORE = {
+    "name": "pickscore",
+    "options": {
+        "path": "/models/PickScore_v1",
+        # PickScore keeps its tokenizer and image settings in the CLIP-H repo (docs/real-models.md)
+        "processor_path": "/models/CLIP-ViT-H-14-laion2B-s32B-b79K",
+        "dtype": "float16",  # docs/real-models.md: saves 2 GB of GPU memory
+    },
+}
+
 PRESETS: dict[str, TrainConfig] = {
     "shapes-dppo": TrainConfig(**_SHAPES, loss="dppo", sampler="flow_sde"),
     "shapes-clip": TrainConfig(**_SHAPES, loss="clip", sampler="flow_sde"),
@@ -50,17 +61,7 @@ PRESETS: dict[str, TrainConfig] = {
         mixed_precision="bf16",
         train_prompts="file:/models/prompts/train.txt",
         eval_prompts="file:/models/prompts/test.txt",
-        rewards=[
-            {
-                "name": "pickscore",
-                "options": {
-                    "path": "/models/PickScore_v1",
-                    # PickScore keeps its tokenizer and image settings in the CLIP-H repo (docs/real-models.md)
-                    "processor_path": "/models/CLIP-ViT-H-14-laion2B-s32B-b79K",
-                    "dtype": "float16",  # docs/real-models.md: saves 2 GB of GPU memory
-                },
-            }
-        ],
+        rewards=[_PICKSCORE],
         eval_guidance_scale=4.5,  # SD3.5 evaluation default (real-models issue)
         micro_batch_size=4,
         gradient_checkpointing=True,
@@ -74,16 +75,7 @@ PRESETS: dict[str, TrainConfig] = {
         mixed_precision="bf16",
         train_prompts="file:/models/prompts/train.txt",
         eval_prompts="file:/models/prompts/test.txt",
-        rewards=[
-            {
-                "name": "pickscore",
-                "options": {
-                    "path": "/models/PickScore_v1",
-                    "processor_path": "/models/CLIP-ViT-H-14-laion2B-s32B-b79K",
-                    "dtype": "float16",
-                },
-            }
-        ],
+        rewards=[_PICKSCORE],
         guidance_scale=3.5,  # FLUX.1-dev is guidance-distilled: the scale feeds its guidance embedding
         eval_guidance_scale=3.5,
         micro_batch_size=2,  # docs/real-models.md: 8 rows with checkpointing use 29 GiB on an H100

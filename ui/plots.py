@@ -127,6 +127,11 @@ def metric_figure(
                 cols_of.append(col)
             in_legend.add(line.run_id)
         fig.update_xaxes(title_text=x_title, title_standoff=2, row=row, col=col)
+    return _fill_grid(fig, traces, rows_of, cols_of, rows)
+
+
+def _fill_grid(fig: go.Figure, traces: list[dict], rows_of: list[int], cols_of: list[int], rows: int) -> go.Figure:
+    """The metric grid's traces and layout, shared by the per-run and the per-variant figures."""
     if traces:  # one call: plotly validates each trace once (add_trace per trace copies and re-validates)
         fig.add_traces(traces, rows=rows_of, cols=cols_of)
     fig.update_layout(
@@ -300,16 +305,7 @@ def band_figure(bands: Mapping[str, Sequence[Band]], *, x_title: str = "step", c
                 cols_of.append(col)
             shown.add(band.label)
         fig.update_xaxes(title_text=x_title, title_standoff=2, row=row, col=col)
-    if traces:
-        fig.add_traces(traces, rows=rows_of, cols=cols_of)
-    fig.update_layout(
-        height=max(320, 270 * rows + 40),
-        margin=dict(l=50, r=20, t=80, b=40),
-        template="plotly_white",
-        legend=dict(orientation="h", yref="container", y=0.995, yanchor="top", x=0.5, xanchor="center"),
-        hovermode="x unified",
-    )
-    return fig
+    return _fill_grid(fig, traces, rows_of, cols_of, rows)
 
 
 def _band_traces(band: Band, key: str, *, show_legend: bool) -> list[dict]:

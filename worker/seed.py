@@ -5,6 +5,7 @@ tests and bench/page_load.py. Nothing trains: the curves are made up (dppo climb
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -111,29 +112,17 @@ def seed_comparison(
         ]
         metrics.append_metrics(session, run_id=run.id, rows=rows)
         session.commit()
-        quality_gain = 0.9 if (run.variant or "").endswith("dppo") else 0.5
-        for step in range(0, steps + 1, sample_every):
-            quality = 0.2 + quality_gain * step / max(steps, 1)
-            new = []
-            for index, prompt in enumerate(PROMPTS):
-                image = shape_image(prompt, min(quality, 1.0), seed=run.id * 1000 + step + index)
-                saved = artifacts.save_sample_image(
-                    data_dir, run_id=run.id, step=step, index=index, seed=index, image=image
-                )
-                reward = float(series["reward/total/mean"][max(step - 1, 0)]) + 0.01 * index
-                new.append(
-                    samples.NewSample(
-                        step=step,
-                        prompt=prompt,
-                        seed=index,
-                        index=index,
-                        image_path=saved.image_path,
-                        thumb_path=saved.thumb_path,
-                        rewards={"shapes": round(reward, 4)},
-                    )
-                )
-            samples.add_samples(session, run_id=run.id, samples=new)
-            session.commit()
+        level = series["reward/total/mean"]
+        add_samples(
+            session,
+            data_dir,
+            run_id=run.id,
+            variant=run.variant or "",
+            steps=steps,
+            last=steps,
+            every=sample_every,
+            reward=lambda step, _quality, index, level=level: float(level[max(step - 1, 0)]) + 0.01 * index,
+        )
         folder = artifacts.run_dir(data_dir, run.id) / "checkpoints" / f"step_{steps:06d}"
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "state.json").write_text(f'{{"step": {steps}}}')
@@ -141,11 +130,48 @@ def seed_comparison(
             session, run_id=run.id, step=steps, path=artifacts.relative_to_data(data_dir, folder)
         )
         store_runs.add_event(session, run_id=run.id, message=f"finished {steps} steps")
-        _finish(session, run.id, steps=steps, seconds=steps * SECONDS_PER_STEP, started_at=start)
+        mark_succeeded(session, run.id, steps=steps, seconds=steps * SECONDS_PER_STEP, started_at=start)
     return comparison.id, [r.id for r in runs]
 
 
-def _finish(
+def add_samples(
+    session: Session,
+    data_dir: Path,
+    *,
+    run_id: int,
+    variant: str,
+    steps: int,
+    last: int,
+    every: int,
+    reward: Callable[[int, float, int], float],
+) -> None:
+    """Sample images every `every` steps up to `last` of a `steps`-step run, sharper over time (more so for dppo);
+    reward(step, quality, index) gives each image's shapes reward."""
+    gain = 0.9 if variant.endswith("dppo") else 0.5
+    for step in range(0, last + 1, every):
+        quality = min(0.2 + gain * step / max(steps, 1), 1.0)
+        new = []
+        for index, prompt in enumerate(PROMPTS):
+            image = shape_image(prompt, quality, seed=run_id * 1000 + step + index)
+            saved = artifacts.save_sample_image(
+                data_dir, run_id=run_id, step=step, index=index, seed=index, image=image
+            )
+            new.append(
+                samples.NewSample(
+                    step=step,
+                    prompt=prompt,
+                    seed=index,
+                    index=index,
+                    image_path=saved.image_path,
+                    thumb_path=saved.thumb_path,
+                    rewards={"shapes": round(reward(step, quality, index), 4)},
+                )
+            )
+        samples.add_samples(session, run_id=run_id, samples=new)
+        session.commit()
+
+
+def mark_succeeded(
     session: Session,
     run_id: int,
     *,

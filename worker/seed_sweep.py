@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy.orm import Session
 
-from store import artifacts, metrics, samples
 from store import comparisons as store_comparisons
+from store import metrics
 from store import runs as store_runs
 from store.enums import RunStatus
 from store.models import utcnow
 from store.session import begin_write
 from trainer.presets import get_preset
-from worker.seed import PROMPTS, SECONDS_PER_STEP, _finish, curves, shape_image
+from worker.seed import SECONDS_PER_STEP, add_samples, curves, mark_succeeded
 
 EVAL_EVERY = 10
 
@@ -73,7 +73,16 @@ def seed_sweep(
             for s, v in zip(range(0, last + 1, EVAL_EVERY), held_out, strict=False)
         ]
         metrics.append_metrics(session, run_id=run.id, rows=rows)
-        _samples(session, data_dir, run.id, variant, seed, last, sample_every, steps)
+        add_samples(
+            session,
+            data_dir,
+            run_id=run.id,
+            variant=variant,
+            steps=steps,
+            last=last,
+            every=sample_every,
+            reward=lambda _step, quality, _index, seed=seed: 0.6 + 0.2 * quality + 0.01 * seed,
+        )
         if dies:
             store_runs.add_event(session, run_id=run.id, level="error", message="synthetic failure half-way")
             begin_write(session)
@@ -81,32 +90,5 @@ def seed_sweep(
             run.started_at, run.finished_at = start, start + timedelta(seconds=last * SECONDS_PER_STEP)
             session.commit()
         else:
-            _finish(session, run.id, steps=steps, seconds=steps * SECONDS_PER_STEP, started_at=start)
+            mark_succeeded(session, run.id, steps=steps, seconds=steps * SECONDS_PER_STEP, started_at=start)
     return comparison.id, ids
-
-
-def _samples(
-    session: Session, data_dir: Path, run_id: int, variant: str, seed: int, last: int, every: int, steps: int
-) -> None:
-    gain = 0.9 if variant.endswith("dppo") else 0.5
-    for step in range(0, last + 1, every):
-        quality = min(0.2 + gain * step / max(steps, 1), 1.0)
-        new = []
-        for index, prompt in enumerate(PROMPTS):
-            image = shape_image(prompt, quality, seed=run_id * 1000 + step + index)
-            saved = artifacts.save_sample_image(
-                data_dir, run_id=run_id, step=step, index=index, seed=index, image=image
-            )
-            new.append(
-                samples.NewSample(
-                    step=step,
-                    prompt=prompt,
-                    seed=index,
-                    index=index,
-                    image_path=saved.image_path,
-                    thumb_path=saved.thumb_path,
-                    rewards={"shapes": round(0.6 + 0.2 * quality + 0.01 * seed, 4)},
-                )
-            )
-        samples.add_samples(session, run_id=run_id, samples=new)
-        session.commit()

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 from factories import TeamToken, make_team_token
+from live import chromium
 
 from api.services import Services
 from api.settings import Settings
@@ -40,3 +41,10 @@ def seeded(services: Services) -> tuple[TeamToken, int, list[int]]:
         owner = make_team_token(session)
         group, run_ids = seed_comparison(session, team_id=owner.team_id, data_dir=services.settings.DATA_DIR)
     return owner, group, run_ids
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[object]:
+    """Headless Chromium for the browser tests (tests/ui/live.py)."""
+    with chromium() as launched:
+        yield launched

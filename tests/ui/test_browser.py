@@ -7,52 +7,25 @@ Playwright drives Debian's /usr/bin/chromium (never a downloaded browser). With 
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from factories import TeamToken, make_team_token
+from live import SHOTS, no_error_toast, serve
 
 from api.services import Services
 from api.settings import Settings
-from server import create_server
 from store.migrate import upgrade
 from worker.seed import seed_comparison
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-SHOTS = os.environ.get("UI_SCREENSHOTS")  # a folder: also write compare.png / samples.png there (docs)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def live_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, TeamToken, Services]]:
     """The real app (API + dashboard) on uvicorn in a thread, with a seeded comparison: (url, team, services)."""
-    import uvicorn
-
     data_dir = tmp_path_factory.mktemp("browser-data")
     settings = Settings(DATA_DIR=data_dir, DATABASE_URL=f"sqlite:///{data_dir / 'flowdppo.db'}")
     upgrade(settings.DATABASE_URL)
@@ -60,43 +33,8 @@ def live_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Te
     with services.session() as session:
         team = make_team_token(session)
         seed_comparison(session, team_id=team.team_id, data_dir=data_dir, steps=80)
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_server(settings, services), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}", team, services
-    server.should_exit = True
-    thread.join(timeout=10)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    executable = CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium")
-    if executable is None:
-        if IN_CI:
-            pytest.fail(f"chromium is required in CI (looked for {CHROMIUM} and on PATH)")
-        pytest.skip(f"no chromium at {CHROMIUM}")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        if IN_CI:
-            raise
-        pytest.skip("playwright is not installed")
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
-def _no_error_toast(page) -> None:  # noqa: ANN001
-    errors = page.locator(".toast-body.error, .toast-wrap .error")
-    assert errors.count() == 0, errors.first.inner_text()
+    with serve(settings, services) as url:
+        yield url, team, services
 
 
 def test_dashboard_login_compare_samples_submit_runs(live_app, browser, tmp_path: Path) -> None:  # noqa: ANN001
@@ -109,7 +47,7 @@ def test_dashboard_login_compare_samples_submit_runs(live_app, browser, tmp_path
     page.goto(f"{url}/")  # / redirects to /ui
     assert page.url.rstrip("/").endswith("/ui")
     page.get_by_text("Log in with a team token").first.wait_for(timeout=30_000)
-    _no_error_toast(page)  # logged out: the page loads quietly
+    no_error_toast(page)  # logged out: the page loads quietly
     page.locator("#login-token input, #login-token textarea").first.fill(team.token)
     page.locator("#login-button").click()
     page.get_by_text(f"Logged in as team {team.name}").wait_for(timeout=15_000)
@@ -128,7 +66,7 @@ def test_dashboard_login_compare_samples_submit_runs(live_app, browser, tmp_path
     summary = page.locator("#compare-summary").inner_text()
     assert "best reward" in summary and "dppo" in summary
     assert "loss" in page.locator("#compare-diff").inner_text()
-    _no_error_toast(page)
+    no_error_toast(page)
     page.screenshot(path=str(shots / "compare.png"), full_page=True)
 
     # Samples: prompts x runs at the latest step, every image decoded.
@@ -139,7 +77,7 @@ def test_dashboard_login_compare_samples_submit_runs(live_app, browser, tmp_path
     grid = page.locator("#samples-grid").inner_text()
     assert "a red circle" in grid and "step 80" in grid and "shapes 0." in grid
     page.wait_for_function("document.querySelectorAll('#samples-history img').length >= 5", timeout=20_000)
-    _no_error_toast(page)
+    no_error_toast(page)
     page.screenshot(path=str(shots / "samples.png"), full_page=True)
     page.locator("#samples-grid img").nth(1).click()  # click to enlarge
     page.wait_for_function("getComputedStyle(document.activeElement).transform.startsWith('matrix(3.2')")
@@ -158,6 +96,6 @@ def test_dashboard_login_compare_samples_submit_runs(live_app, browser, tmp_path
     text = page.locator("#runs-table").inner_text()
     for run_id in new_ids:  # cells are one per line: the id, then the run's name
         assert re.search(rf"^{run_id}\n.*(clip|dppo)", text, re.M), text
-    _no_error_toast(page)
+    no_error_toast(page)
     assert not page_errors, page_errors
     page.close()

@@ -8,18 +8,15 @@ UI_SCREENSHOTS=docs/screenshots also writes compare-aggregate.png there (the doc
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from factories import TeamToken, make_team_token
-from test_browser import SHOTS, _free_port, _no_error_toast, browser  # noqa: F401 - browser is a fixture
+from live import SHOTS, no_error_toast, serve
 
 from api.services import Services
 from api.settings import Settings
-from server import create_server
 from store.migrate import upgrade
 from worker.seed_sweep import seed_sweep
 
@@ -28,8 +25,6 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def sweep_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, TeamToken, dict]]:
-    import uvicorn
-
     data_dir = tmp_path_factory.mktemp("browser-sweep")
     settings = Settings(DATA_DIR=data_dir, DATABASE_URL=f"sqlite:///{data_dir / 'flowdppo.db'}")
     upgrade(settings.DATABASE_URL)
@@ -37,23 +32,12 @@ def sweep_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, T
     with services.session() as session:
         team = make_team_token(session)
         _, ids = seed_sweep(session, team_id=team.team_id, data_dir=data_dir, steps=60, failed=("clip", 2))
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_server(settings, services), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}", team, ids
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve(settings, services) as url:
+        yield url, team, ids
     services.close()
 
 
-def test_aggregate_seeds_view(sweep_app, browser, tmp_path: Path) -> None:  # noqa: ANN001, F811
+def test_aggregate_seeds_view(sweep_app, browser, tmp_path: Path) -> None:  # noqa: ANN001
     url, team, ids = sweep_app
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page_errors: list[str] = []
@@ -88,7 +72,7 @@ def test_aggregate_seeds_view(sweep_app, browser, tmp_path: Path) -> None:  # no
         "[...document.querySelectorAll('#aggregate-chart .xtitle')].some(t => t.textContent.includes('rollouts'))",
         timeout=20_000,
     )
-    _no_error_toast(page)
+    no_error_toast(page)
 
     page.get_by_role("tab", name="Samples").click()
     page.wait_for_function("document.querySelectorAll('#samples-across img').length >= 6", timeout=20_000)
@@ -101,13 +85,13 @@ def test_aggregate_seeds_view(sweep_app, browser, tmp_path: Path) -> None:  # no
     )  # prompt + clip + dppo
     head = page.locator("#samples-grid thead").inner_text()
     assert f"#{ids[('clip', 1)]} clip" in head and f"#{ids[('dppo', 1)]} dppo" in head
-    _no_error_toast(page)
+    no_error_toast(page)
 
     # The sweep form: clip vs dppo x 3 seeds by default
     page.get_by_role("tab", name="New run").click()
     page.get_by_text("Sweep: variants x seeds").click()
     page.locator("#submit-sweep").click()
     page.locator("#sweep-message").get_by_text("Submitted sweep: 6 runs").wait_for(timeout=20_000)
-    _no_error_toast(page)
+    no_error_toast(page)
     assert not page_errors, page_errors
     page.close()
