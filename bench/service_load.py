@@ -142,14 +142,14 @@ def bench_comparison(services: Services, team_id: int, repeats: int = 10) -> lis
     with services.session() as session:
 
         class NoQueue:  # the rows are what we time; no worker should run these
-            def enqueue_run(self, *, run_id: int, kind: str, attempt: int = 1) -> None:
+            def enqueue_run(self, **job: object) -> None:
                 pass
 
         comparison = comparison_service.create_comparison(  # type: ignore[arg-type]
             session, queue=NoQueue(), input_roots=(), team_id=team_id, body=body
         )
         for run in comparison.runs:
-            rows = [(s, k, (s % 97) * 0.01) for s in range(10_000) for k in KEYS]
+            rows = [(s, k, (s % 97) * 0.01) for s in range(1, 10_001) for k in KEYS]  # steps as the trainer counts
             metrics.append_metrics(session, run_id=run.id, rows=rows)
     times = []
     for _ in range(repeats):

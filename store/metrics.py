@@ -2,7 +2,8 @@
 
 `read_series` returns at most `max_points` buckets per series, each with the min, the max and the last value in
 the bucket (the last value keeps the curve's shape, min/max keep its spikes), computed in SQL so a 10k-step
-series never travels to Python in full.
+series never travels to Python in full. Buckets wider than a block are made of whole blocks and read from the
+rollup (store.metric_blocks), a tenth as many rows.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Float, Integer, String, bindparam, column, func, select, text, union_all
+from sqlalchemy import Float, Integer, String, TextClause, bindparam, column, func, select, text, union_all
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
+from store import metric_blocks
+from store.metric_blocks import BLOCK_STEPS, block_layout, block_of, block_sql
 from store.models import Metric, UTCDateTime, utcnow
 from store.session import begin_write
 
@@ -126,6 +129,10 @@ def append_metrics(
         session.execute(stmt, payload)  # executemany: SQLite is in-process, a parameter set costs no round trip
     else:
         raise NotImplementedError(f"append_metrics supports sqlite and postgresql, not {dialect}")
+    steps = [s for _, s in points]
+    metric_blocks.refresh(
+        session, run_id=run_id, keys=list(dict.fromkeys(k for k, _ in points)), step_lo=min(steps), step_hi=max(steps)
+    )
     session.commit()
     return len(points)
 
@@ -147,7 +154,28 @@ def metric_keys(session: Session, *, run_ids: Sequence[int]) -> list[str]:
     return list(session.scalars(query))
 
 
-# PostgreSQL: per series (LATERAL), one index range scan on (run_id, key, step) and a hash aggregate on the bucket
+@dataclass(frozen=True)
+class _Source:
+    """Where buckets are read from: the points, or the blocks (whole-block buckets). `pos` is what buckets are cut
+    on (a step, or a block number); the other fields name the columns holding a row's last step, last value (and
+    its wall time), min and max; `pos_of_last` is the SQL of a bucket's last step's position (for the join back)."""
+
+    table: str
+    pos: str
+    step: str
+    value: str
+    wall: str
+    vmin: str
+    vmax: str
+    pos_of_last: str
+
+
+_POINTS = _Source("metrics", "step", "step", "value", "wall_time", "value", "value", "b.last_step")
+_BLOCKS = _Source(
+    "metric_blocks", "block", "last_step", "last_value", "last_wall", "vmin", "vmax", block_sql("b.last_step")
+)
+
+# PostgreSQL: per series (LATERAL), one index range scan on (run_id, key, pos) and a hash aggregate on the bucket
 # number alone; the last value (and its wall time) of a bucket is the max of [step, value, wall] arrays (steps are
 # unique). Each series comes back as one row of arrays, so 24 rows cross the wire instead of 12k.
 _BUCKETS_SQL_PG = """
@@ -158,43 +186,45 @@ _BUCKETS_SQL_PG = """
                array_agg(lv[3] ORDER BY last_step) AS wall, array_agg(vmin ORDER BY last_step) AS vmin,
                array_agg(vmax ORDER BY last_step) AS vmax
         FROM (
-            SELECT max(step) AS last_step, max(ARRAY[step::float8, value{wall}]) AS lv, min(value) AS vmin,
-                   max(value) AS vmax
-            FROM metrics
-            WHERE run_id = s.run_id AND key = s.key AND step >= :lo AND step <= :hi
-            GROUP BY (step - :lo) / :width
+            SELECT max({s.step}) AS last_step, max(ARRAY[{s.step}::float8, {s.value}{wall}]) AS lv,
+                   min({s.vmin}) AS vmin, max({s.vmax}) AS vmax
+            FROM {s.table}
+            WHERE run_id = s.run_id AND key = s.key AND {s.pos} >= :lo AND {s.pos} <= :hi
+            GROUP BY ({s.pos} - :lo) / :width
         ) AS g
     ) AS b
 """
-_WALL_PG = ", date_part('epoch', wall_time)"  # float8 seconds: costs ~10% of the query, so only when asked
+_WALL_PG = ", date_part('epoch', {s.wall})"  # float8 seconds: costs ~10% of the query, so only when asked
 
 # Portable (SQLite): aggregate per bucket, then join back on the bucket's last step for its value and wall time.
-_BUCKETS_SQL = (
-    text(
-        """
+_BUCKETS_SQL = """
     WITH b AS (
-        SELECT run_id, key, (step - :lo) / :width AS bucket, max(step) AS last_step,
-               min(value) AS vmin, max(value) AS vmax
-        FROM metrics
-        WHERE run_id IN :run_ids AND key IN :keys AND step >= :lo AND step <= :hi
-        GROUP BY run_id, key, (step - :lo) / :width
+        SELECT run_id, key, ({s.pos} - :lo) / :width AS bucket, max({s.step}) AS last_step,
+               min({s.vmin}) AS vmin, max({s.vmax}) AS vmax
+        FROM {s.table}
+        WHERE run_id IN :run_ids AND key IN :keys AND {s.pos} >= :lo AND {s.pos} <= :hi
+        GROUP BY run_id, key, ({s.pos} - :lo) / :width
     )
-    SELECT b.run_id, b.key, b.last_step, m.value, m.wall_time, b.vmin, b.vmax
-    FROM b JOIN metrics AS m ON m.run_id = b.run_id AND m.key = b.key AND m.step = b.last_step
+    SELECT b.run_id, b.key, b.last_step, m.{s.value}, m.{s.wall}, b.vmin, b.vmax
+    FROM b JOIN {s.table} AS m ON m.run_id = b.run_id AND m.key = b.key AND m.{s.pos} = {s.pos_of_last}
     ORDER BY b.run_id, b.key, b.last_step
-    """
+"""
+
+
+def _buckets_sql(source: _Source) -> TextClause:
+    return (
+        text(_BUCKETS_SQL.format(s=source))
+        .bindparams(bindparam("run_ids", expanding=True), bindparam("keys", expanding=True))
+        .columns(
+            column("run_id", Integer),
+            column("key", String),
+            column("last_step", Integer),
+            column("value", Float),
+            column("wall_time", UTCDateTime()),
+            column("vmin", Float),
+            column("vmax", Float),
+        )
     )
-    .bindparams(bindparam("run_ids", expanding=True), bindparam("keys", expanding=True))
-    .columns(
-        column("run_id", Integer),
-        column("key", String),
-        column("last_step", Integer),
-        column("value", Float),
-        column("wall_time", UTCDateTime()),
-        column("vmin", Float),
-        column("vmax", Float),
-    )
-)
 
 
 def read_series(
@@ -211,7 +241,9 @@ def read_series(
 
     Steps in [step_min, step_max] are cut into equal buckets of `width` steps, the same for every series, so that
     the longest series has at most `max_points` buckets. When the range is short enough, width is 1 and the
-    points are exact (min == max == last). with_wall=False leaves `wall` empty (a little faster on PostgreSQL).
+    points are exact (min == max == last). A width of a block or more is a whole number of blocks and the first
+    bucket starts at a block's first step (store.metric_blocks.block_layout), read from the rollup. with_wall=False
+    leaves `wall` empty (a little faster on PostgreSQL).
     """
     if max_points < 1:
         raise ValueError(f"max_points must be >= 1, got {max_points}")
@@ -235,13 +267,21 @@ def read_series(
         hi = max(b for _, b in found) if hi is None else hi
     if hi < lo:
         return list(out.values())
-    width = max(1, math.ceil((hi - lo + 1) / max_points))
+    source, width = _POINTS, max(1, math.ceil((hi - lo + 1) / max_points))
+    layout = block_layout(lo, hi, max_points)
+    # a step_min or step_max inside a block would cut it: such a range is read from the points
+    whole_blocks = (step_min is None or (step_min - 1) % BLOCK_STEPS == 0) and (
+        step_max is None or step_max % BLOCK_STEPS == 0
+    )
+    if layout is not None and whole_blocks:
+        start, step_width = layout
+        source, lo, hi, width = _BLOCKS, block_of(start), block_of(hi), step_width // BLOCK_STEPS
     params: dict[str, Any] = {"lo": lo, "hi": hi, "width": width}
     if session.get_bind().dialect.name == "postgresql":
-        _read_buckets_pg(session, out, params, with_wall)
+        _read_buckets_pg(session, out, source, params, with_wall)
     else:
         for run_id, key, step, last, wall, vmin, vmax in session.execute(
-            _BUCKETS_SQL, {**params, "run_ids": run_ids, "keys": keys}
+            _buckets_sql(source), {**params, "run_ids": run_ids, "keys": keys}
         ):
             series = out[(run_id, key)]
             series.steps.append(int(step))
@@ -254,9 +294,9 @@ def read_series(
 
 
 def _read_buckets_pg(
-    session: Session, out: dict[tuple[int, str], Series], params: dict[str, Any], with_wall: bool
+    session: Session, out: dict[tuple[int, str], Series], source: _Source, params: dict[str, Any], with_wall: bool
 ) -> None:
-    query = text(_BUCKETS_SQL_PG.format(wall=_WALL_PG if with_wall else ""))
+    query = text(_BUCKETS_SQL_PG.format(s=source, wall=_WALL_PG.format(s=source) if with_wall else ""))
     params = {**params, "run_ids": [r for r, _ in out], "keys": [k for _, k in out]}
     for run_id, key, steps, last, wall, vmin, vmax in session.execute(query, params):
         if steps is None:  # nothing logged in the range

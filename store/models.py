@@ -187,6 +187,22 @@ class Metric(Base):
     wall_time: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class MetricBlock(Base):
+    """The rollup of one key over BLOCK_STEPS consecutive steps (store.metric_blocks): long-range plots read these
+    instead of every point. append_metrics keeps them in the same transaction as the points."""
+
+    __tablename__ = "metric_blocks"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    block: Mapped[int] = mapped_column(primary_key=True)
+    last_step: Mapped[int] = mapped_column()
+    last_value: Mapped[float | None] = mapped_column(Float)  # NULL = NaN, as in metrics
+    last_wall: Mapped[datetime] = mapped_column()
+    vmin: Mapped[float | None] = mapped_column(Float)  # NULL when every point of the block is NaN
+    vmax: Mapped[float | None] = mapped_column(Float)
+
+
 class Sample(Base):
     """A logged image: same (prompt, seed, index) across runs so they can be compared side by side."""
 

@@ -45,6 +45,18 @@ def test_nan_and_inf_round_trip(session, run_ids):
     assert (summary.best, summary.best_step, summary.final) == (1.0, 3, 1.0)
 
 
+def _layout(lo: int, hi: int, max_points: int) -> tuple[int, int]:
+    """read_series' documented bucketing, found by search: a width under a block is cut from lo; otherwise the
+    first bucket starts at lo's block (steps 10j+1 .. 10j+10) and the width is the smallest multiple of 10 that is
+    at least the points' width and keeps the count within max_points."""
+    width = math.ceil((hi - lo + 1) / max_points)
+    if width < 10:
+        return lo, width
+    start = (lo - 1) // 10 * 10 + 1
+    widths = range(10, 10 * (hi - start + 2), 10)
+    return start, next(w for w in widths if w >= width and (hi - start) // w < max_points)
+
+
 def _reference(points: dict[int, float], lo: int, width: int) -> list[tuple[int, float, float, float]]:
     buckets: dict[int, list[tuple[int, float]]] = {}
     for step in sorted(points):
@@ -68,8 +80,7 @@ def test_read_series_downsamples_min_max_last(session, run_ids, max_points):
         (run_ids[1], "k"),
         (run_ids[1], "absent"),
     ]
-    lo, hi = min(min(a), min(b)), max(max(a), max(b))  # one bucket width for every series
-    width = max(1, math.ceil((hi - lo + 1) / max_points))
+    lo, width = _layout(min(min(a), min(b)), max(max(a), max(b)), max_points)  # one bucket width for every series
     for s, points in ((series[0], a), (series[2], b)):
         assert len(s.steps) <= max_points
         want = _reference(points, lo, width)
@@ -95,6 +106,41 @@ def test_rows_with_wall_times_and_naive_times_refused(session, run_ids):
     with pytest.raises(ValueError, match="naive"):
         metrics.append_metrics(session, run_id=rid, rows=[(3, "x", 1.0, datetime(2026, 1, 1))])
     assert _count(session, rid) == 2
+
+
+def test_blocks_answer_as_the_points_do(session, run_ids):
+    """Long-range reads come from the rollup: overwritten points (a redelivered step lowering a block's max), NaN,
+    negative steps, gaps and keys logged every 10th step all read back as a bucketing of the points would."""
+    rng = random.Random(0)
+    rid = run_ids[0]
+    points = {
+        "k": {s: rng.uniform(-1, 1) for s in range(-25, 3001) if rng.random() > 0.2},
+        "eval": {s: rng.uniform(0, 1) for s in range(0, 3001, 10)},
+        "nan": {s: math.nan for s in range(1, 3001)},
+    }
+    for start in range(-25, 3001, 500):  # the worker's chunks, then every step once more, some much lower
+        rows = [(s, k, v) for k, vs in points.items() for s, v in vs.items() if start <= s < start + 500]
+        metrics.append_metrics(session, run_id=rid, rows=rows)
+    for s in sorted(points["k"])[::7]:
+        points["k"][s] = -5.0 + rng.random()
+        metrics.append_metrics(session, run_id=rid, step=s, values={"k": points["k"][s]})
+    for max_points, step_min, step_max in [(100, None, None), (37, None, None), (50, 1, 2000), (10, 5, 3000)]:
+        got = metrics.read_series(
+            session, run_ids=[rid], keys=list(points), step_min=step_min, step_max=step_max, max_points=max_points
+        )
+        lo = -25 if step_min is None else step_min
+        hi = 3000 if step_max is None else step_max
+        if step_min in (None, 1):
+            start, width = _layout(lo, hi, max_points)
+        else:  # step_min inside a block: read from the points
+            start, width = lo, math.ceil((hi - lo + 1) / max_points)
+        for series in got:
+            in_range = {s: v for s, v in points[series.key].items() if lo <= s <= hi}
+            want = _reference(in_range, start, width)
+            assert len(series.steps) <= max_points
+            assert series.steps == [w[0] for w in want], (max_points, series.key)
+            for i, values in enumerate((series.last, series.min, series.max), start=1):
+                assert values == pytest.approx([w[i] for w in want], nan_ok=True)
 
 
 def test_read_series_step_range(session, run_ids):

@@ -10,7 +10,7 @@ from store.migrate import current_revision, upgrade
 from store.models import Base
 from store.session import make_engine
 
-HEAD = "0002"
+HEAD = "0004"
 
 
 def _check_schema(url: str) -> None:
@@ -72,7 +72,8 @@ def _pg_schema_url(pg_admin, schema: str) -> str:
 
 
 def _upgrade_keeps_rows(url: str) -> None:
-    """0001 -> 0002 on a database with a comparison and its run: the rows survive, the new columns are NULL."""
+    """0001 -> head on a database with a comparison and its run's points: the rows survive, the new columns are
+    NULL, and 0004 fills the metric blocks from the points (as append_metrics would have)."""
     upgrade(url, "0001")
     engine = make_engine(url)
     try:
@@ -87,11 +88,24 @@ def _upgrade_keeps_rows(url: str) -> None:
                 "progress, attempt, max_attempts, cancel_requested, comparison_id, variant) VALUES (1, 1, 'train', "
                 "'queued', 'r', '[]', '{}', CURRENT_TIMESTAMP, 0, 1, 0, 1, 3, false, 1, 'dppo')"
             )
+            for step in range(-3, 26):  # blocks -1 (steps -9..0), 0 (1..10), 1 and 2 (21..25)
+                value = "NULL" if step == 5 else str(step % 7)
+                conn.exec_driver_sql(
+                    f"INSERT INTO metrics (id, run_id, key, step, value, wall_time) "
+                    f"VALUES ({step + 10}, 1, 'k', {step}, {value}, CURRENT_TIMESTAMP)"
+                )
         upgrade(url)
         assert current_revision(url) == HEAD
         with engine.connect() as conn:
             assert conn.exec_driver_sql("SELECT variant, seed FROM runs").one() == ("dppo", None)
             assert conn.exec_driver_sql("SELECT name, seeds, grid FROM comparisons").one() == ("c", None, None)
+            blocks = "SELECT block, last_step, last_value, vmin, vmax FROM metric_blocks ORDER BY block"
+            assert [tuple(r) for r in conn.exec_driver_sql(blocks)] == [
+                (-1, 0, 0.0, 0.0, 6.0),
+                (0, 10, 3.0, 0.0, 6.0),
+                (1, 20, 6.0, 0.0, 6.0),
+                (2, 25, 4.0, 0.0, 4.0),
+            ]
     finally:
         engine.dispose()
     _check_schema(url)
