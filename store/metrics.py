@@ -105,6 +105,10 @@ def append_metrics(
         return 0
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
+        # Not waiting for the WAL flush (this transaction only; ~60% of a per-step call): a database crash can lose
+        # the last ~0.6 s of points, never corrupt them, and those are re-logged: the run resumes from its last
+        # checkpoint, whose (synchronous) commit flushed every point before it.
+        session.execute(_ASYNC_COMMIT)
         # One statement whatever the batch size: the points travel as four arrays (one round trip, no per-row
         # parameter sets), unnest() turns them back into rows.
         session.execute(
@@ -137,6 +141,7 @@ def append_metrics(
     return len(points)
 
 
+_ASYNC_COMMIT = text("SET LOCAL synchronous_commit = off")
 _UPSERT_PG = text(
     """
     INSERT INTO metrics (run_id, key, step, value, wall_time)

@@ -7,7 +7,8 @@ import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
 
 from store import metrics, runs, teams
 from store.models import Metric
@@ -171,3 +172,18 @@ def test_keys_points_and_summaries(session, run_ids):
     low = metrics.summarize(session, run_ids=[r1], key="reward", higher_is_better=False)[r1]
     assert (low.best_step, low.best) == (1, 0.2)
     assert metrics.summarize(session, run_ids=[], key="reward") == {}
+
+
+def test_points_commit_without_waiting_for_the_flush_and_only_they(session, run_ids):
+    """PostgreSQL: the transaction that writes points skips the WAL flush (SET LOCAL); the next one does not."""
+    if session.get_bind().dialect.name != "postgresql":
+        pytest.skip("synchronous_commit is PostgreSQL's")
+    show = text("SHOW synchronous_commit")
+    assert session.execute(show).scalar() == "on"
+    # as the worker writes: inside a transaction of its own (store.lifecycle.fenced_write)
+    with Session(bind=session.connection(), join_transaction_mode="create_savepoint") as writes:
+        metrics.append_metrics(writes, run_id=run_ids[0], step=1, values={"k": 1.0})
+    assert session.execute(show).scalar() == "off"
+    session.commit()
+    assert session.execute(show).scalar() == "on"
+    assert [p.value for p in metrics.read_points(session, run_id=run_ids[0])] == [1.0]
