@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Path, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from api.schemas import DbId, RunFilter, RunKind, RunStatus, Tag
 from api.services import Services
@@ -37,14 +38,27 @@ def get_session(services: ServicesDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
-def get_current_team(
-    session: SessionDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+async def get_current_team(
+    services: ServicesDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 ) -> Principal:
-    principal = None if credentials is None else team_service.authenticate(session, token=credentials.credentials)
+    """Async so that a token verified in the last TOKEN_CACHE_SECONDS costs neither a query nor a threadpool hop;
+    any other goes to the database (in the threadpool, a session of its own)."""
+    token = None if credentials is None else credentials.credentials
+    principal = None if token is None else services.tokens.get(token)
+    if principal is None and token is not None:
+        principal = await run_in_threadpool(_verify_token, services, token)
     if principal is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED, "missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"}
         )
+    return principal
+
+
+def _verify_token(services: Services, token: str) -> Principal | None:
+    with services.session() as session:
+        principal = team_service.authenticate(session, token=token)
+    if principal is not None:
+        services.tokens.put(token, principal)
     return principal
 
 

@@ -30,6 +30,9 @@ class Settings(PlatformSettings):
     MAX_SWEEP_RUNS: int = Field(64, ge=1)  # runs one comparison may queue: variants x grid points x seeds
     # Queued runs one team may have at once; a submission past it is a 429 (docs/limits.md). 0 = no cap.
     MAX_QUEUED_RUNS_PER_TEAM: int = Field(100, ge=0)
+    # How long an API process trusts a bearer token it has verified, without asking the database again; a revoked
+    # token (`flowdppo token revoke`, another process) keeps working for at most this long (docs/limits.md). 0 = off.
+    TOKEN_CACHE_SECONDS: float = Field(5.0, ge=0, le=300)
 
     @model_validator(mode="after")
     def _fill_input_roots_and_check_secret(self) -> Settings:

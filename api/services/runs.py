@@ -110,7 +110,7 @@ def list_runs(
         raise InvalidConfigError(
             [{"loc": ["query"], "msg": str(err), "type": "value_error", "input": cursor}]
         ) from err
-    data = _LIST_ITEMS.validate_python(rows, from_attributes=True)
+    data = _LIST_ITEMS.validate_python([row._asdict() for row in rows])  # dicts: half the time of from_attributes
     return RunsPublic(data=data, count=len(data), next_cursor=next_cursor)
 
 

@@ -3,6 +3,9 @@ the operator's token commands (`flowdppo token create|list|revoke`)."""
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
@@ -19,6 +22,43 @@ class Principal:
     team_id: int
     team_name: str
     is_admin: bool = False
+
+
+class TokenCache:
+    """Bearer tokens this process verified in the last `ttl` seconds, and whose they are: a burst of requests then
+    costs one token query per token per ttl instead of one per request (the query, its hash check and a database
+    round trip were ~0.8 ms of CPU of a 5-6 ms GET /runs). Keyed by the token's hash, never the plaintext; unknown
+    tokens are not kept; at most `max_entries`, the oldest dropped first. ttl 0 keeps nothing."""
+
+    def __init__(self, ttl: float, *, max_entries: int = 10_000, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl, self.max_entries, self._clock = ttl, max_entries, clock
+        self._entries: dict[str, tuple[float, Principal]] = {}
+        self._lock = threading.Lock()  # the threadpool's handlers share it
+
+    def get(self, token: str) -> Principal | None:
+        if self.ttl <= 0:
+            return None
+        key = store_teams.hash_token(token)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            if self._clock() >= entry[0]:
+                del self._entries[key]
+                return None
+            return entry[1]
+
+    def put(self, token: str, principal: Principal) -> None:
+        if self.ttl <= 0:
+            return
+        with self._lock:
+            while len(self._entries) >= self.max_entries:
+                del self._entries[next(iter(self._entries))]
+            self._entries[store_teams.hash_token(token)] = (self._clock() + self.ttl, principal)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
 
 
 def authenticate(session: Session, *, token: str) -> Principal | None:
