@@ -9,7 +9,7 @@ from celery import Celery
 from celery.signals import worker_init, worker_process_init, worker_shutting_down
 from kombu import Queue as KombuQueue
 
-from store.broker import TASK_NAMES, Queue
+from store.broker import TASK_NAMES, Queue, task_id
 from worker import shutdown
 from worker.settings import WorkerSettings
 
@@ -70,7 +70,12 @@ worker_shutting_down.connect(shutdown.on_worker_shutting_down, weak=False)
 worker_process_init.connect(shutdown.on_worker_process_init, weak=False)
 
 
-def enqueue_run(run_id: int, kind: str, *, celery_app: Celery | None = None, queue: str | None = None) -> None:
-    """Send the run's job to its queue (default: its kind's; store.broker.run_queue for a run of several ranks).
-    Call after the run's row is committed (the worker re-reads it by id)."""
-    (celery_app or app).send_task(TASK_NAMES[Queue(kind)], args=[run_id], queue=queue or Queue(kind).value)
+def enqueue_run(
+    run_id: int, kind: str, *, attempt: int, celery_app: Celery | None = None, queue: str | None = None
+) -> None:
+    """Send the run's job to its queue (default: its kind's; store.broker.run_queue for a run of several ranks)
+    under the attempt's task id (store.broker.task_id), which a cancel revokes. Call after the run's row is
+    committed (the worker re-reads it by id)."""
+    (celery_app or app).send_task(
+        TASK_NAMES[Queue(kind)], args=[run_id], queue=queue or Queue(kind).value, task_id=task_id(run_id, attempt)
+    )

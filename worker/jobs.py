@@ -55,9 +55,9 @@ class JobContext:
     heartbeat_seconds: float = 15.0
     stale_after: timedelta = field(default_factory=lambda: timedelta(minutes=3))
     # True once the worker process is stopping (worker/shutdown.py): the job stops at its next step boundary,
-    # checkpoints, and its run is queued again and re-sent through `enqueue(run_id, kind)`.
+    # checkpoints, and its run is queued again and re-sent through `enqueue(run_id, kind, attempt)`.
     shutting_down: Callable[[], bool] = lambda: False
-    enqueue: Callable[[int, str], None] | None = None
+    enqueue: Callable[[int, str, int], None] | None = None
     # The hosts a remote reward may call (REMOTE_REWARD_HOSTS); empty = none. Checked before every request.
     reward_hosts: tuple[str, ...] = ()
 
@@ -361,7 +361,7 @@ def _preempt(ctx: JobContext, run: Run, reason: str = "worker shutting down") ->
     try:
         if ctx.enqueue is None:
             raise RuntimeError("this worker has no broker to re-send the job to")
-        ctx.enqueue(queued.id, queued.kind)
+        ctx.enqueue(queued.id, queued.kind, queued.attempt)
     except Exception as err:  # as the reaper: the run must not stay queued with no job behind it
         log.exception("could not re-send run %s", run.id)
         with ctx.session_factory() as session:

@@ -33,7 +33,7 @@ from store.models import Run
 
 log = logging.getLogger(__name__)
 
-Enqueue = Callable[[int, str], None]  # (run_id, kind) -> sends the job
+Enqueue = Callable[[int, str, int], None]  # (run_id, kind, attempt) -> sends the job
 
 
 def message_run_id(raw: bytes | str) -> int | None:
@@ -107,7 +107,7 @@ class MissingMessages:
             if run.id not in self.since or now - self.since[run.id] < self.after:
                 continue
             try:
-                enqueue(run.id, run.kind)
+                enqueue(run.id, run.kind, run.attempt)
             except Exception:  # the broker went down again: the next pass retries
                 log.warning("could not re-send run %s", run.id, exc_info=True)
                 continue

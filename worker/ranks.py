@@ -128,14 +128,15 @@ def run_ranks_job(ctx: JobContext, run: Run, config: TrainConfig, callback, out_
         with ctx.session_factory() as session:
             updated = lifecycle.requeue_run(session, run_id=run.id, attempt=run.attempt, reason=reason)
         if updated is not None and updated.status == RunStatus.QUEUED and ctx.enqueue is not None:
-            ctx.enqueue(updated.id, updated.kind)
+            ctx.enqueue(updated.id, updated.kind, updated.attempt)
         callback.owned = False  # the run is no longer this attempt's: the job ends as LOST, writing nothing more
         return True
 
 
-def forward_queue(run_id: int, session_factory: sessionmaker[Session], capacity: int) -> str | None:
+def forward_queue(run_id: int, session_factory: sessionmaker[Session], capacity: int) -> tuple[str, int] | None:
     """Where to send a training job on when this worker hosts fewer than the run's ranks (a re-send by the reaper or
-    a preemption goes to the plain 'train' queue); None = run it here. The run gets an event saying where and why."""
+    a preemption goes to the plain 'train' queue), with the run's attempt (its task id); None = run it here. The run
+    gets an event saying where and why."""
     with session_factory() as session:
         run = runs.get_run(session, run_id=run_id)
         if run is None or run.kind != Queue.TRAIN.value:
@@ -149,7 +150,7 @@ def forward_queue(run_id: int, session_factory: sessionmaker[Session], capacity:
             f"with {ranks} GPUs or more take (`flowdppo worker --gpus ...`); it stays queued until one is up"
         )
         runs.add_event(session, run_id=run_id, message=message)
-    return queue
+        return queue, run.attempt
 
 
 def queued_rank_queues(session: Session) -> list[str]:

@@ -22,7 +22,7 @@ from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
-Enqueue = Callable[[int, str], None]  # (run_id, kind) -> sends the job
+Enqueue = Callable[[int, str, int], None]  # (run_id, kind, attempt) -> sends the job
 
 
 def reap_stale_runs(session: Session, *, stale_after: timedelta, enqueue: Enqueue) -> list[Run]:
@@ -37,7 +37,7 @@ def reap_stale_runs(session: Session, *, stale_after: timedelta, enqueue: Enqueu
             continue  # another reaper (or the worker itself) got there first
         if updated.status == RunStatus.QUEUED:
             try:
-                enqueue(updated.id, updated.kind)
+                enqueue(updated.id, updated.kind, updated.attempt)
             except Exception as err:  # the broker is down: the run must not stay queued with no job behind it
                 lifecycle.finish_run(
                     session, run_id=updated.id, status=RunStatus.FAILED, error=f"could not requeue: {err}"
@@ -57,8 +57,8 @@ def run_reaper(settings: WorkerSettings, stop: threading.Event | None = None, *,
     factory: sessionmaker[Session] = make_sessionmaker(settings.DATABASE_URL)
     parent = os.getppid()
 
-    def enqueue(run_id: int, kind: str) -> None:
-        enqueue_run(run_id, kind, celery_app=app)
+    def enqueue(run_id: int, kind: str, attempt: int) -> None:
+        enqueue_run(run_id, kind, attempt=attempt, celery_app=app)
 
     missing = MissingMessages(after=settings.BROKER_RESEND_AFTER_SECONDS)
     while not stop.is_set():

@@ -41,7 +41,7 @@ def job_context(task: Task) -> jobs.JobContext:
         heartbeat_seconds=settings.WORKER_HEARTBEAT_SECONDS,
         stale_after=settings.stale_after,
         shutting_down=shutdown.requested,
-        enqueue=lambda run_id, kind: enqueue_run(run_id, kind, celery_app=task.app),
+        enqueue=lambda run_id, kind, attempt: enqueue_run(run_id, kind, attempt=attempt, celery_app=task.app),
         reward_hosts=tuple(settings.remote_reward_hosts),
     )
 
@@ -62,8 +62,9 @@ def train_run(self: Task, run_id: int) -> str:
     if jobs.nothing_to_do(int(run_id), _settings_and_sessions()[1]):  # type: ignore[arg-type]
         return jobs.Outcome.SKIPPED.value  # cancelled while queued (and the revoke missed this worker)
     settings, sessions = _settings_and_sessions()
-    if (queue := ranks.forward_queue(int(run_id), sessions, settings.WORKER_RANKS)) is not None:  # type: ignore[arg-type]
-        enqueue_run(int(run_id), "train", celery_app=self.app, queue=queue)  # a re-send by the reaper or a preemption
+    if (forward := ranks.forward_queue(int(run_id), sessions, settings.WORKER_RANKS)) is not None:  # type: ignore[arg-type]
+        queue, attempt = forward  # a re-send by the reaper or a preemption, to the queue of workers with enough GPUs
+        enqueue_run(int(run_id), "train", attempt=attempt, celery_app=self.app, queue=queue)
         return jobs.Outcome.SKIPPED.value
     with shutdown.preemptible():  # SIGTERM: stop after the current step, checkpoint, requeue (worker/shutdown.py)
         outcome = jobs.run_training(int(run_id), ctx=job_context(self))

@@ -58,8 +58,9 @@ class TaskQueue:
 
     def revoke_run(self, *, run_id: int, attempt: int) -> None:
         """Tell the workers to drop the queued job of a cancelled run unopened (best effort: a worker that misses
-        the broadcast, one started later, still skips it after one status query)."""
+        the broadcast, one started later, still skips it after one status query). Every attempt's id up to this one:
+        a job a dead pool child held comes back under the id of the attempt it was sent for."""
         try:
-            self.app.control.revoke(task_id(run_id, attempt))
+            self.app.control.revoke([task_id(run_id, a) for a in range(1, attempt + 1)])
         except Exception:  # a broker blip only costs that worker one cheap skip
             log.warning("could not revoke the job of run %s", run_id, exc_info=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from api_helpers import API
 from fastapi.testclient import TestClient
 from sqlalchemy import event
 
@@ -10,7 +11,6 @@ from api.main import create_app
 from api.services import Services
 from api.services.teams import Principal, TokenCache
 from store import teams as store_teams
-from tests.api.api_helpers import API
 
 
 class Clock:

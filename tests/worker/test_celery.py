@@ -67,7 +67,7 @@ class Stack:
     def submit(self, config: dict, **kw) -> int:
         with self.sessions() as s:
             run = runs.create_run(s, team_id=self.team_id, config=config, **kw)
-        enqueue_run(run.id, run.kind, celery_app=self.app)  # after the commit, as the API does
+        enqueue_run(run.id, run.kind, attempt=run.attempt, celery_app=self.app)  # after the commit, as the API does
         return run.id
 
     def run(self, run_id: int) -> Run:

@@ -49,7 +49,7 @@ def submit(stack: Stack, config: dict) -> int:
 
     with stack.sessions() as s:
         run = runs.create_run(s, team_id=stack.team_id, config=config)
-    enqueue_run(run.id, run.kind, celery_app=stack.app, queue=run_queue(run.kind, run.config))
+    enqueue_run(run.id, run.kind, attempt=run.attempt, celery_app=stack.app, queue=run_queue(run.kind, run.config))
     return run.id
 
 
@@ -161,7 +161,7 @@ def test_a_run_of_more_ranks_than_the_worker_hosts_is_sent_on_with_an_event(stac
 
     with stack.sessions() as s:
         run = runs.create_run(s, team_id=stack.team_id, config=tiny_config(steps=2, num_processes=2))
-    enqueue_run(run.id, run.kind, celery_app=stack.app)  # the plain queue, as the reaper or a preemption re-sends
+    enqueue_run(run.id, run.kind, attempt=run.attempt, celery_app=stack.app)  # the plain queue, as a re-send goes
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not any("sent on to queue 'train-w2'" in e for e in stack.events(run.id)):
         time.sleep(0.2)

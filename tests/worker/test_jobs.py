@@ -126,11 +126,11 @@ def test_killed_run_is_reaped_and_resumes_without_missing_or_doubled_steps(sessi
 
     session.execute(update(Run).where(Run.id == run.id).values(heartbeat_at=utcnow() - timedelta(minutes=10)))
     session.commit()
-    sent: list[tuple[int, str]] = []
+    sent: list[tuple[int, str, int]] = []
     reaped = reaper.reap_stale_runs(
-        session, stale_after=timedelta(minutes=1), enqueue=lambda i, k: sent.append((i, k))
+        session, stale_after=timedelta(minutes=1), enqueue=lambda i, k, a: sent.append((i, k, a))
     )
-    assert [r.id for r in reaped] == [run.id] and sent == [(run.id, "train")]
+    assert [r.id for r in reaped] == [run.id] and sent == [(run.id, "train", 2)]  # the new attempt's job
     assert (_fresh(session, run.id).status, _fresh(session, run.id).attempt) == ("queued", 2)
 
     assert jobs.run_training(run.id, ctx=ctx) == jobs.Outcome.SUCCEEDED
@@ -146,7 +146,7 @@ def test_reaper_fails_a_run_after_max_attempts(session, make_run, tiny_config):
     session.execute(update(Run).where(Run.id == run.id).values(heartbeat_at=utcnow() - timedelta(minutes=10)))
     session.commit()
     sent: list = []
-    reaper.reap_stale_runs(session, stale_after=timedelta(minutes=1), enqueue=lambda i, k: sent.append(i))
+    reaper.reap_stale_runs(session, stale_after=timedelta(minutes=1), enqueue=lambda i, k, a: sent.append(i))
     final = _fresh(session, run.id)
     assert sent == [] and final.status == "failed" and "stopped sending heartbeats" in final.error
     assert reaper.reap_stale_runs(session, stale_after=timedelta(minutes=1), enqueue=sent.append) == []
@@ -158,7 +158,7 @@ def test_reaper_marks_run_failed_when_the_broker_refuses(session, make_run, tiny
     session.execute(update(Run).where(Run.id == run.id).values(heartbeat_at=utcnow() - timedelta(minutes=10)))
     session.commit()
 
-    def broken(_run_id, _kind):
+    def broken(_run_id, _kind, _attempt):
         raise ConnectionError("broker down")
 
     reaper.reap_stale_runs(session, stale_after=timedelta(minutes=1), enqueue=broken)
@@ -224,8 +224,9 @@ def _stopping(ctx, sent: list):
     as the store has it when the job is re-sent (it must already be queued: store first, then the broker)."""
     flag = threading.Event()
 
-    def enqueue(run_id: int, kind: str) -> None:
+    def enqueue(run_id: int, kind: str, attempt: int) -> None:
         with ctx.session_factory() as other:
+            assert attempt == runs.get_run(other, run_id=run_id).attempt  # the job is sent for the new attempt
             sent.append((run_id, kind, runs.get_run(other, run_id=run_id).status))
 
     return dataclasses.replace(ctx, shutting_down=flag.is_set, enqueue=enqueue), flag
@@ -323,7 +324,7 @@ def test_a_job_delivered_while_the_worker_stops_is_given_back_untouched_by_the_t
 def test_a_preempted_run_whose_job_cannot_be_resent_fails_visibly(session, ctx, make_run, tiny_config):
     run = make_run(tiny_config(steps=10))
 
-    def broken(_run_id, _kind):
+    def broken(_run_id, _kind, _attempt):
         raise ConnectionError("broker down")
 
     stop = threading.Event()

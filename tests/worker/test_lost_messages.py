@@ -37,9 +37,20 @@ class Clock:
 
 def test_waiting_messages_are_listed_by_run_id(broker_app):
     assert waiting_run_ids(broker_app) == set()
-    enqueue_run(7, "train", celery_app=broker_app)
-    enqueue_run(9, "eval", celery_app=broker_app)
+    enqueue_run(7, "train", attempt=1, celery_app=broker_app)
+    enqueue_run(9, "eval", attempt=2, celery_app=broker_app)
     assert waiting_run_ids(broker_app) == {7, 9}
+
+
+def test_a_resent_job_carries_its_attempts_task_id(broker_app):
+    """Re-sends (reaper, preemption, forwarding) use store.broker.task_id, the ids a cancel revokes."""
+    enqueue_run(7, "train", attempt=3, celery_app=broker_app)
+    with broker_app.connection_for_read() as conn:
+        queue = conn.SimpleQueue("train")
+        message = queue.get(timeout=10)
+        message.ack()
+        queue.close()
+    assert message.headers["id"] == "run-7-attempt-3" and message.headers["task"] == "worker.tasks.train_run"
 
 
 def test_foreign_or_broken_messages_are_not_runs():
@@ -58,13 +69,13 @@ def test_a_queued_run_missing_from_the_broker_is_resent_once_after_the_delay(ses
     lifecycle.request_cancel(session, run_id=cancelled.id)
 
     def resend() -> list[int]:
-        return missing.resend(session, waiting={waiting.id}, enqueue=lambda rid, kind: sent.append((rid, kind)))
+        return missing.resend(session, waiting={waiting.id}, enqueue=lambda *job: sent.append(job))
 
     assert resend() == []  # first seen missing: maybe a message in flight (just taken, or not yet sent)
     clock.now += 29
     assert resend() == []
     clock.now += 1
-    assert resend() == [lost.id] and sent == [(lost.id, "train")]
+    assert resend() == [lost.id] and sent == [(lost.id, "train", 1)]
     assert any(e.message.startswith("re-sent: queued with no job") for e in runs.list_events(session, run_id=lost.id))
     clock.now += 10
     assert resend() == []  # not again at once: the new message is on its way

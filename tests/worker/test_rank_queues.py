@@ -16,6 +16,8 @@ def test_a_queued_run_of_two_ranks_is_seen_waiting_in_train_w2(broker_app, sessi
     session.commit()
     assert queued_rank_queues(session) == ["train-w2"]  # the one-rank run waits in 'train', listed anyway
     for run in (one, two):
-        enqueue_run(run.id, run.kind, celery_app=broker_app, queue=run_queue(run.kind, run.config))
+        enqueue_run(
+            run.id, run.kind, attempt=run.attempt, celery_app=broker_app, queue=run_queue(run.kind, run.config)
+        )
     assert waiting_run_ids(broker_app) == {one.id}
     assert waiting_run_ids(broker_app, extra_queues=queued_rank_queues(session)) == {one.id, two.id}

@@ -10,6 +10,7 @@ import pytest
 from api_helpers import API, TINY, broker_messages
 from factories import add_sample_images, make_run
 
+from api.services.queue import TaskQueue, make_celery_app
 from store import runs as store_runs
 
 BIG = 2**31  # one past PostgreSQL's INTEGER
@@ -251,6 +252,14 @@ def test_cancelling_a_queued_run_revokes_its_job(client, services, team, monkeyp
     assert revoked == [{"run_id": run["id"], "attempt": 1}]
     sent = [json.loads(p.read_text()) for p in (services.settings.broker_folder / "out").glob("*.msg")]
     assert f"run-{run['id']}-attempt-1" in {m["headers"]["id"] for m in sent}  # the id the revoke names
+
+
+def test_a_cancel_revokes_every_attempts_id(monkeypatch):
+    queue = TaskQueue(make_celery_app("memory://", "unused"))
+    revoked = []
+    monkeypatch.setattr(queue.app.control, "revoke", revoked.append)
+    queue.revoke_run(run_id=5, attempt=3)  # a dead pool child's job comes back under attempt 1's or 2's id
+    assert revoked == [["run-5-attempt-1", "run-5-attempt-2", "run-5-attempt-3"]]
 
 
 def test_another_teams_sample_and_a_missing_one_answer_alike(client, services, session, team, other_team):
