@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 def _compare_columns() -> list[tuple[str, str, str]]:
     """(header, key, field) of the `flowdppo compare` table; the trust-region columns come from the loss registry."""
-    from trainer.losses import trust_region_metrics
+    from trainer.loss_registry import trust_region_metrics
 
     return [
         ("reward final", "reward/total/mean", "final"),

@@ -23,7 +23,7 @@ Protocol, fixed here before any run (the doc repeats it; whatever the numbers sa
   so each threshold is exceeded by about half of the unconstrained terms: both constraints bind on a comparable
   share. GRPO-Guard (its own normalised ratio) and NFT (no ratio) keep their defaults.
 - Methods. dppo (Eq. 18 mask), clip (Flow-GRPO), grpo_guard, nft and the dppo masks symmetric / first_order, each
-  where the trainer registers it (trainer/losses.py LOSSES, TrainConfig.dppo_mask); a missing one is reported as
+  where the trainer registers it (trainer/loss_registry.py LOSSES, TrainConfig.dppo_mask); a missing one is reported as
   "not available", never a failure.
 - Statistics (api/services/seed_stats.py, the dashboard's): per run final held-out reward (last eval), best, area
   under the held-out curve (trapezoid / span), final kl_ref/mean; a claim's statistic is a paired difference over

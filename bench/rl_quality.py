@@ -41,7 +41,7 @@ def run_one(preset: str, overrides: dict, seed: int, steps: int, eval_every: int
     import torch
 
     from trainer.callbacks import NullCallback
-    from trainer.losses import LOSSES
+    from trainer.loss_registry import LOSSES
     from trainer.presets import get_preset
     from trainer.train import train
 

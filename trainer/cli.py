@@ -182,7 +182,7 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _presets(args: argparse.Namespace) -> int:
-    from trainer.losses import LOSSES
+    from trainer.loss_registry import LOSSES
     from trainer.presets import PRESETS
 
     width = max(map(len, PRESETS))

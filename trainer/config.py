@@ -11,8 +11,9 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from trainer.loss_registry import LOSSES
 from trainer.loss_rules import check_loss_fields
-from trainer.losses import DPPO_MASKS, LOSSES
+from trainer.losses import DPPO_MASKS
 from trainer.models.families import FAMILIES
 from trainer.prompts import check_prompt_spec
 from trainer.rewards.registry import check_reward_options

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from trainer.losses import LOSSES
+from trainer.loss_registry import LOSSES
 
 # The knobs only one loss reads: set away from its default with another loss, the user expects an effect there is none.
 OWN_KNOBS = {

@@ -14,7 +14,7 @@ import torch
 
 from trainer.config import TrainConfig
 from trainer.divergence import gaussian_kl
-from trainer.losses import FlowMatchInputs, compute_loss
+from trainer.loss_registry import FlowMatchInputs, compute_loss
 from trainer.models.base import FlowModel, select_embeds
 from trainer.old_weights import nft_old_decay, pull_toward
 from trainer.rollout import KL_REF_MONITOR_SAMPLES, draw_initial_noise, draw_prompts, step_generator

@@ -10,7 +10,7 @@ import torch
 
 from trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from trainer.config import TrainConfig
-from trainer.losses import LOSSES
+from trainer.loss_registry import LOSSES
 from trainer.models.base import FlowModel
 
 

@@ -15,7 +15,7 @@ from trainer.config import TrainConfig
 from trainer.distributed import Ranks
 from trainer.divergence import gaussian_kl
 from trainer.evaluate import build_rewards, evaluation_metrics, logged_samples, score_images
-from trainer.losses import LOSSES, LossInputs, compute_loss
+from trainer.loss_registry import LOSSES, LossInputs, compute_loss
 from trainer.metrics import check_finite
 from trainer.models.base import FlowModel, select_embeds
 from trainer.models.families import load_model

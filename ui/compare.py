@@ -16,7 +16,7 @@ import pandas as pd
 from api.schemas import ACTIVE_STATUSES
 from api.services import Services
 from api.services import metrics as metric_service
-from trainer.losses import trust_region_metrics
+from trainer.loss_registry import trust_region_metrics
 from ui import plots, sweep
 from ui.common import (
     comparison_choices,

@@ -14,7 +14,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from trainer.losses import trust_region_metrics
+from trainer.loss_registry import trust_region_metrics
 
 # Tableau 10: distinguishable, colour-blind friendlier than plotly's default, and fine on white.
 PALETTE = (

@@ -16,7 +16,7 @@ from store import metrics as store_metrics
 from store import runs as store_runs
 from store.enums import FINISHED_STATUSES
 from store.models import Run, utcnow
-from trainer.losses import trust_region_metrics
+from trainer.loss_registry import trust_region_metrics
 
 # The compare table's columns (spec §7 names); "best" is the max for rewards and the min for everything else.
 # The trust-region shares (mask/fraction, clip/fraction) are the loss registry's.

@@ -6,17 +6,8 @@ import pytest
 import torch
 
 from trainer.config import TrainConfig
-from trainer.losses import (
-    LOSSES,
-    FlowMatchInputs,
-    LossInputs,
-    LossSpec,
-    clip_loss,
-    compute_loss,
-    dppo_loss,
-    pg_loss,
-    trust_region_metrics,
-)
+from trainer.loss_registry import LOSSES, FlowMatchInputs, LossInputs, LossSpec, compute_loss, trust_region_metrics
+from trainer.losses import clip_loss, dppo_loss, pg_loss
 
 DELTA = 1e-5
 

@@ -18,7 +18,7 @@ from api.services import samples as sample_service
 from store import metrics
 from store import runs as store_runs
 from trainer.config import TrainConfig
-from trainer.losses import LOSSES
+from trainer.loss_registry import LOSSES
 from ui import compare, detail, review, runs, samples, submit
 from ui.app import CACHE_CLEANUP, build_dashboard, latest_group, login
 from ui.common import comparison_choices, latest_run_id, run_choices
