@@ -8,6 +8,7 @@ Pytest fixtures stay in the conftest.py files.
 from __future__ import annotations
 
 import json
+import socket
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -22,6 +23,13 @@ from store import runs as store_runs
 from store.enums import RunStatus
 from store.models import utcnow
 from store.session import begin_write
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a server a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @dataclass

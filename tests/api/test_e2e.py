@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from factories import make_team_token
+from factories import free_port, make_team_token
 from fastapi.testclient import TestClient
 
 from api.client import Client
@@ -130,14 +129,8 @@ def test_rest_run_through_a_real_worker(mode, request, tmp_path, base_model_path
         print((tmp_path / "worker.log").read_text()[-3000:])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_flowdppo_up_embedded(tmp_path, base_model_path):
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "BROKER_URL", "DATA_DIR")}
     env.update(DATA_DIR=str(tmp_path / "data"), WORKER_HEARTBEAT_SECONDS="1", BROKER_POLL_SECONDS="0.2")
     up = subprocess.Popen(

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -34,16 +33,11 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 SHOTS = os.environ.get("UI_SCREENSHOTS")  # a folder: the browser tests also write the docs' screenshots there
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def serve(settings: Settings, services: Services) -> Iterator[str]:
     """The app (API + dashboard) on uvicorn in a daemon thread on a free port: yields its URL, stops it after."""
     import uvicorn
+    from factories import free_port  # here, not at the top: screenshots.py imports this module without tests/
 
     port = free_port()
     server = uvicorn.Server(
