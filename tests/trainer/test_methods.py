@@ -184,11 +184,12 @@ def test_nft_same_seed_same_run_and_resume_equals_uninterrupted(tmp_path, lora_r
     "preset", ["shapes-clip", "shapes-dppo-symmetric", "shapes-dppo-first-order", "shapes-grpo-guard", "shapes-nft"]
 )
 def test_short_run_of_every_method_raises_the_heldout_verifier_reward(tmp_path, preset):
-    # as test_train's dppo test: 20 steps of the preset, held-out reward at step 0 and 20, a loose margin
+    # as test_train's dppo test: 10 steps of the preset, held-out reward at step 0 and 10, a loose margin (measured
+    # at 10 steps: base 0.43, every method +0.19 or more but nft +0.14, 4.5x the margin; 20 steps took twice as long)
     rec = Recorder()
     config = get_preset(preset).with_overrides(
-        {"steps": 20, "eval_every": 20, "sample_every": 0, "checkpoint_every": 0}
+        {"steps": 10, "eval_every": 10, "sample_every": 0, "checkpoint_every": 0}
     )
     train(config, rec, out_dir=tmp_path)
-    base, final = rec.metrics[0]["eval/reward/total/mean"], rec.metrics[20]["eval/reward/total/mean"]
+    base, final = rec.metrics[0]["eval/reward/total/mean"], rec.metrics[10]["eval/reward/total/mean"]
     assert final > base + 0.03, (base, final)

@@ -200,10 +200,11 @@ def test_jsonl_has_each_step_once_after_a_crash_between_checkpoints(tmp_path):
 
 @pytest.mark.slow
 def test_short_dppo_run_raises_the_heldout_verifier_reward(tmp_path):
+    # 10 steps: the held-out reward is up by about 0.18 by then (measured), 3.6x the margin
     rec = Recorder()
     config = get_preset("shapes-dppo").with_overrides(
-        {"steps": 20, "eval_every": 20, "sample_every": 0, "checkpoint_every": 0}
+        {"steps": 10, "eval_every": 10, "sample_every": 0, "checkpoint_every": 0}
     )
     train(config, rec, out_dir=tmp_path)
-    base, final = rec.metrics[0]["eval/reward/total/mean"], rec.metrics[20]["eval/reward/total/mean"]
+    base, final = rec.metrics[0]["eval/reward/total/mean"], rec.metrics[10]["eval/reward/total/mean"]
     assert final > base + 0.05, (base, final)

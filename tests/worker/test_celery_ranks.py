@@ -71,6 +71,9 @@ def finished(run: Run) -> bool:
     return run.status not in ("queued", "running")
 
 
+# Embedded only: the cancel is the database's flag and the job's poll, the same on both transports, and a 2-rank run
+# through Redis + PostgreSQL succeeding on its train-w2 queue is the second half of the SIGTERM test's distributed one.
+@pytest.mark.parametrize("stack", ["embedded"], indirect=True)
 def test_two_rank_run_succeeds_and_a_cancel_stops_both_ranks(stack, tiny_config):
     _proc, name = start_rank_worker(stack)
     ok = submit(stack, tiny_config(steps=3, num_processes=2))
