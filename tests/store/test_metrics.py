@@ -62,7 +62,12 @@ def _reference(points: dict[int, float], lo: int, width: int) -> list[tuple[int,
     buckets: dict[int, list[tuple[int, float]]] = {}
     for step in sorted(points):
         buckets.setdefault((step - lo) // width, []).append((step, points[step]))
-    return [(b[-1][0], b[-1][1], min(v for _, v in b), max(v for _, v in b)) for _, b in sorted(buckets.items())]
+    out = []
+    for _, bucket in sorted(buckets.items()):
+        finite = [v for _, v in bucket if not math.isnan(v)]  # NaN points never count as a min or a max
+        low, high = (min(finite), max(finite)) if finite else (math.nan, math.nan)
+        out.append((bucket[-1][0], bucket[-1][1], low, high))
+    return out
 
 
 @pytest.mark.parametrize("max_points", [1, 7, 100, 5000])
@@ -111,7 +116,8 @@ def test_rows_with_wall_times_and_naive_times_refused(session, run_ids):
 
 def test_blocks_answer_as_the_points_do(session, run_ids):
     """Long-range reads come from the rollup: overwritten points (a redelivered step lowering a block's max), NaN,
-    negative steps, gaps and keys logged every 10th step all read back as a bucketing of the points would."""
+    negative steps, gaps, keys logged every 10th step and points merged one step at a time into their blocks all read
+    back as a bucketing of the points would."""
     rng = random.Random(0)
     rid = run_ids[0]
     points = {
@@ -125,7 +131,17 @@ def test_blocks_answer_as_the_points_do(session, run_ids):
     for s in sorted(points["k"])[::7]:
         points["k"][s] = -5.0 + rng.random()
         metrics.append_metrics(session, run_id=rid, step=s, values={"k": points["k"][s]})
-    for max_points, step_min, step_max in [(100, None, None), (37, None, None), (50, 1, 2000), (10, 5, 3000)]:
+    points["stepwise"] = {}
+    for s in [*range(2, 301, 2), *range(1, 301, 2)]:  # one call per step, merged into its block; gaps filled late
+        points["stepwise"][s] = math.nan if s % 13 == 0 else rng.uniform(-1, 1)
+        metrics.append_metrics(session, run_id=rid, step=s, values={"stepwise": points["stepwise"][s]})
+    for max_points, step_min, step_max in [
+        (100, None, None),
+        (37, None, None),
+        (50, 1, 2000),
+        (10, 5, 3000),
+        (30, 1, 300),
+    ]:
         got = metrics.read_series(
             session, run_ids=[rid], keys=list(points), step_min=step_min, step_max=step_max, max_points=max_points
         )
