@@ -6,8 +6,10 @@ of it the aggregation, not the reads); read from the blocks, a tenth as many row
 exactly the min, max and last of its points, so the answer is the same as from the points.
 
 Steps 10j+1 .. 10j+10 form block j: the trainer counts steps from 1, so a run of N steps fills whole blocks.
-append_metrics recomputes every block it touches from the points, in the same transaction: an overwritten point
-(a redelivered step) can lower a max or raise a min, which no incremental update could undo.
+append_metrics keeps the blocks in the same transaction as the points. New points merge into their blocks (on
+PostgreSQL, inside the upsert); a block whose point was overwritten (a redelivered step) is recomputed from the points
+(`refresh`), since the new value can lower a max or raise a min, which no merge could undo. SQLite recomputes every
+block it touches (in process, no round trips).
 """
 
 from __future__ import annotations
