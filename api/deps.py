@@ -51,7 +51,7 @@ SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 async def get_current_team(
     services: ServicesDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 ) -> Principal:
-    """Async so that a token verified in the last TOKEN_CACHE_SECONDS costs neither a query nor a threadpool hop;
+    """Async so that a token verified in the last AUTH_CACHE_SECONDS costs neither a query nor a threadpool hop;
     any other goes to the database (in the threadpool, a session of its own)."""
     token = None if credentials is None else credentials.credentials
     principal = None if token is None else services.tokens.get(token)

@@ -32,7 +32,7 @@ class Settings(PlatformSettings):
     MAX_QUEUED_RUNS_PER_TEAM: int = Field(100, ge=0)
     # How long an API process trusts a bearer token it has verified, without asking the database again; a revoked
     # token (`flowdppo token revoke`, another process) keeps working for at most this long (docs/limits.md). 0 = off.
-    TOKEN_CACHE_SECONDS: float = Field(5.0, ge=0, le=300)
+    AUTH_CACHE_SECONDS: float = Field(5.0, ge=0, le=300)
 
     @model_validator(mode="after")
     def _fill_input_roots_and_check_secret(self) -> Settings:

@@ -40,7 +40,7 @@ class Services:
             settings=settings,
             session_factory=make_sessionmaker(settings.DATABASE_URL),
             queue=TaskQueue(app),
-            tokens=TokenCache(ttl=settings.TOKEN_CACHE_SECONDS),
+            tokens=TokenCache(ttl=settings.AUTH_CACHE_SECONDS),
         )
 
     @contextmanager

@@ -1,4 +1,4 @@
-"""Verified bearer tokens are trusted for TOKEN_CACHE_SECONDS without a query; a revoke lands within that time."""
+"""Verified bearer tokens are trusted for AUTH_CACHE_SECONDS without a query; a revoke lands within that time."""
 
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ def test_a_revoked_token_is_refused_once_its_entry_expires(cached, session, team
     (row,) = store_teams.list_tokens(session, team_id=team.team_id)
     store_teams.revoke_token(session, token_id=row.id)  # as `flowdppo token revoke` does, from another process
     clock.now += 4.9
-    assert client.get(f"{API}/runs", headers=team.headers).status_code == 200  # within TOKEN_CACHE_SECONDS
+    assert client.get(f"{API}/runs", headers=team.headers).status_code == 200  # within AUTH_CACHE_SECONDS
     clock.now += 0.1
     assert client.get(f"{API}/runs", headers=team.headers).status_code == 401
 
