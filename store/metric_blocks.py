@@ -41,21 +41,18 @@ def last_step(block: int) -> int:
     return (block + 1) * BLOCK_STEPS
 
 
-def block_layout(lo: int, hi: int, max_points: int) -> tuple[int, int] | None:
-    """(first step, bucket width) for buckets of whole blocks covering [lo, hi] in at most max_points buckets, or
+def block_layout(lo: int, hi: int, max_points: int) -> tuple[int, int, int] | None:
+    """(first block, last block, buckets) to read steps [lo, hi] from the blocks in at most max_points buckets, or
     None when a bucket of the points would be narrower than a block (short ranges are read from the points).
 
-    The first bucket starts at lo's block, and the width is the smallest multiple of BLOCK_STEPS that keeps the
-    count within max_points (one more block's width when aligning lo down adds a bucket).
+    Block j of the range (j = 0 .. n - 1) goes to bucket j * buckets // n, buckets = min(max_points, n): every
+    bucket is made of whole blocks, and their widths differ by at most one block, so a plot keeps its full
+    max_points resolution (a width rounded up to a multiple of the block could lose up to half of it).
     """
-    points_width = -(-(hi - lo + 1) // max_points)  # ceil: the width from the points alone
-    if points_width < BLOCK_STEPS:
+    if -(-(hi - lo + 1) // max_points) < BLOCK_STEPS:  # ceil: the bucket width from the points alone
         return None
-    start = first_step(block_of(lo))
-    width = -(-points_width // BLOCK_STEPS) * BLOCK_STEPS
-    while (hi - start) // width + 1 > max_points:
-        width += BLOCK_STEPS
-    return start, width
+    first, last = block_of(lo), block_of(hi)
+    return first, last, min(max_points, last - first + 1)
 
 
 _REFRESH = text(

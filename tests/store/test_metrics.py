@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -46,22 +47,25 @@ def test_nan_and_inf_round_trip(session, run_ids):
     assert (summary.best, summary.best_step, summary.final) == (1.0, 3, 1.0)
 
 
-def _layout(lo: int, hi: int, max_points: int) -> tuple[int, int]:
-    """read_series' documented bucketing, found by search: a width under a block is cut from lo; otherwise the
-    first bucket starts at lo's block (steps 10j+1 .. 10j+10) and the width is the smallest multiple of 10 that is
-    at least the points' width and keeps the count within max_points."""
+def _equal_buckets(lo: int, hi: int, max_points: int) -> Callable[[int], int]:
     width = math.ceil((hi - lo + 1) / max_points)
-    if width < 10:
-        return lo, width
-    start = (lo - 1) // 10 * 10 + 1
-    widths = range(10, 10 * (hi - start + 2), 10)
-    return start, next(w for w in widths if w >= width and (hi - start) // w < max_points)
+    return lambda step: (step - lo) // width
 
 
-def _reference(points: dict[int, float], lo: int, width: int) -> list[tuple[int, float, float, float]]:
+def _bucketing(lo: int, hi: int, max_points: int) -> Callable[[int], int]:
+    """read_series' documented bucketing, as a step -> bucket function: equal buckets of `width` steps from lo while
+    that width is under a block; else block j = (step - 1) // 10 (j = 0 .. n - 1 from lo's block) goes to bucket
+    j * buckets // n, buckets = min(max_points, n)."""
+    if math.ceil((hi - lo + 1) / max_points) < 10:
+        return _equal_buckets(lo, hi, max_points)
+    first, n = (lo - 1) // 10, (hi - 1) // 10 - (lo - 1) // 10 + 1
+    return lambda step: ((step - 1) // 10 - first) * min(max_points, n) // n
+
+
+def _reference(points: dict[int, float], bucket_of: Callable[[int], int]) -> list[tuple[int, float, float, float]]:
     buckets: dict[int, list[tuple[int, float]]] = {}
     for step in sorted(points):
-        buckets.setdefault((step - lo) // width, []).append((step, points[step]))
+        buckets.setdefault(bucket_of(step), []).append((step, points[step]))
     out = []
     for _, bucket in sorted(buckets.items()):
         finite = [v for _, v in bucket if not math.isnan(v)]  # NaN points never count as a min or a max
@@ -86,10 +90,10 @@ def test_read_series_downsamples_min_max_last(session, run_ids, max_points):
         (run_ids[1], "k"),
         (run_ids[1], "absent"),
     ]
-    lo, width = _layout(min(min(a), min(b)), max(max(a), max(b)), max_points)  # one bucket width for every series
+    bucket_of = _bucketing(min(min(a), min(b)), max(max(a), max(b)), max_points)  # the same for every series
     for s, points in ((series[0], a), (series[2], b)):
         assert len(s.steps) <= max_points
-        want = _reference(points, lo, width)
+        want = _reference(points, bucket_of)
         assert s.steps == [w[0] for w in want]
         for i, values in enumerate((s.last, s.min, s.max), start=1):
             assert values == pytest.approx([w[i] for w in want])
@@ -148,12 +152,12 @@ def test_blocks_answer_as_the_points_do(session, run_ids):
         lo = -25 if step_min is None else step_min
         hi = 3000 if step_max is None else step_max
         if step_min in (None, 1):
-            start, width = _layout(lo, hi, max_points)
-        else:  # step_min inside a block: read from the points
-            start, width = lo, math.ceil((hi - lo + 1) / max_points)
+            bucket_of = _bucketing(lo, hi, max_points)
+        else:  # step_min inside a block: equal buckets of the points
+            bucket_of = _equal_buckets(lo, hi, max_points)
         for series in got:
             in_range = {s: v for s, v in points[series.key].items() if lo <= s <= hi}
-            want = _reference(in_range, start, width)
+            want = _reference(in_range, bucket_of)
             assert len(series.steps) <= max_points
             assert series.steps == [w[0] for w in want], (max_points, series.key)
             for i, values in enumerate((series.last, series.min, series.max), start=1):
