@@ -82,7 +82,8 @@ def append_metrics(
     values: Mapping[str, float] | None = None,
     wall_time: datetime | None = None,
 ) -> int:
-    """Insert-or-overwrite points for a run in one statement and one commit. Returns the number of points written.
+    """Insert-or-overwrite points for a run, and keep their blocks (store.metric_blocks), in one commit. Returns the
+    number of points written.
 
     Args:
         rows: (step, key, value) triples, any number of steps; a 4th item is that point's wall time (imports).
@@ -202,18 +203,26 @@ class _Source:
 
 
 _POINTS = _Source(
-    "metrics", "step", "step", "value", "wall_time", "value", "value", "b.last_step", "(step - :lo) / :width"
+    table="metrics",
+    pos="step",
+    step="step",
+    value="value",
+    wall="wall_time",
+    vmin="value",
+    vmax="value",
+    pos_of_last="b.last_step",
+    bucket="(step - :lo) / :width",
 )
-_BLOCKS = _Source(  # store.metric_blocks.block_layout; bigint: block * buckets can pass 2^31
-    "metric_blocks",
-    "block",
-    "last_step",
-    "last_value",
-    "last_wall",
-    "vmin",
-    "vmax",
-    block_sql("b.last_step"),
-    "(CAST(block - :lo AS bigint) * :buckets) / :blocks",
+_BLOCKS = _Source(
+    table="metric_blocks",
+    pos="block",
+    step="last_step",
+    value="last_value",
+    wall="last_wall",
+    vmin="vmin",
+    vmax="vmax",
+    pos_of_last=block_sql("b.last_step"),
+    bucket="(CAST(block - :lo AS bigint) * :buckets) / :blocks",  # block_layout; block * buckets can pass 2^31
 )
 
 # PostgreSQL: per series (LATERAL), one index range scan on (run_id, key, pos) and a hash aggregate on the bucket
