@@ -194,10 +194,9 @@ def test_keys_points_and_summaries(session, run_ids):
     assert metrics.summarize(session, run_ids=[], key="reward") == {}
 
 
+@pytest.mark.parametrize("db_engine", ["postgresql"], indirect=True)  # synchronous_commit is PostgreSQL's
 def test_points_commit_without_waiting_for_the_flush_and_only_they(session, run_ids):
     """PostgreSQL: the transaction that writes points skips the WAL flush (SET LOCAL); the next one does not."""
-    if session.get_bind().dialect.name != "postgresql":
-        pytest.skip("synchronous_commit is PostgreSQL's")
     show = text("SHOW synchronous_commit")
     assert session.execute(show).scalar() == "on"
     # as the worker writes: inside a transaction of its own (store.lifecycle.fenced_write)
