@@ -22,12 +22,10 @@ from pydantic import (
 from store.enums import ACTIVE_STATUSES as ACTIVE_STATUSES
 from store.enums import FINISHED_STATUSES as FINISHED_STATUSES
 from store.enums import RunKind, RunStatus
-from store.models import Comparison, ReviewVote, Run, Team
+from store.models import Comparison, ReviewVote, Run, Team, VoteChoice
 from store.runs import RunFilter as RunFilter
 from trainer.config import MAX_SEED, TrainConfig
 from trainer.text import Text, check_json
-
-VoteChoice = Literal["left", "right", "tie"]
 
 # --- bounded inputs (docs/limits.md): every id, count and string a request carries fits the column that holds it ---
 INT32_MAX = 2**31 - 1  # INTEGER columns: PostgreSQL's are 32-bit (SQLite's hold 64 bits)

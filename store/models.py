@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from sqlalchemy import (
     JSON,
@@ -27,7 +27,7 @@ from sqlalchemy.types import TypeDecorator
 from store.enums import RUN_KINDS, RUN_STATUSES, RunKind, RunStatus
 
 VoteChoice = Literal["left", "right", "tie"]
-VOTE_CHOICES: tuple[str, ...] = ("left", "right", "tie")
+VOTE_CHOICES: tuple[str, ...] = get_args(VoteChoice)
 
 # Constraint names are data too: Alembic batch mode on SQLite needs them to alter tables later.
 NAMING_CONVENTION = {
