@@ -225,8 +225,10 @@ class Client:
     def stream(self, run_id: int, *, after_step: int = -1, timeout: float | None = None) -> Iterator[StreamEvent]:
         """Live events of a run until it finishes (server-sent events)."""
         url = f"{self.prefix}/runs/{run_id}/metrics/stream"
+        # a plain number or None (no timeout), not an httpx.Timeout: the test client may be another httpx (Starlette's
+        # TestClient runs on httpx2 when installed, and httpx2 >= 2.17 refuses httpx's Timeout objects)
         with self.http.stream(
-            "GET", url, params={"after_step": after_step}, headers=self.headers, timeout=httpx.Timeout(timeout)
+            "GET", url, params={"after_step": after_step}, headers=self.headers, timeout=timeout
         ) as response:
             if response.is_error:
                 response.read()
