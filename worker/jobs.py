@@ -29,6 +29,7 @@ from store.enums import FINISHED_STATUSES, RunStatus
 from store.models import Run
 from trainer.callbacks import Sample
 from trainer.config import EvalConfig, TrainConfig, format_validation_error
+from worker.lost_messages import Enqueue
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class JobContext:
     # True once the worker process is stopping (worker/shutdown.py): the job stops at its next step boundary,
     # checkpoints, and its run is queued again and re-sent through `enqueue(run_id, kind, attempt)`.
     shutting_down: Callable[[], bool] = lambda: False
-    enqueue: Callable[[int, str, int], None] | None = None
+    enqueue: Enqueue | None = None
     # The hosts a remote reward may call (REMOTE_REWARD_HOSTS); empty = none. Checked before every request.
     reward_hosts: tuple[str, ...] = ()
 

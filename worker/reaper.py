@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable
 from datetime import timedelta
 
 from celery import Celery
@@ -16,13 +15,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from store import lifecycle
 from store.enums import RunStatus
 from store.models import Run
-from worker.lost_messages import MissingMessages, waiting_run_ids
+from worker.lost_messages import Enqueue, MissingMessages, waiting_run_ids
 from worker.ranks import queued_rank_queues
 from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
-
-Enqueue = Callable[[int, str, int], None]  # (run_id, kind, attempt) -> sends the job
 
 
 def reap_stale_runs(session: Session, *, stale_after: timedelta, enqueue: Enqueue) -> list[Run]:

@@ -56,10 +56,6 @@ class TokenCache:
                 del self._entries[next(iter(self._entries))]
             self._entries[store_teams.hash_token(token)] = (self._clock() + self.ttl, principal)
 
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-
 
 def authenticate(session: Session, *, token: str) -> Principal | None:
     """The caller behind a bearer token, or None when it is unknown, malformed or revoked."""
